@@ -1,0 +1,30 @@
+"""papermill drives the experiment notebooks; a parameter survives nbdev_clean and really reaches the notebook."""
+import json
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_parameters_cell_is_tagged_in_every_experiment():
+    for nb_path in (ROOT / 'nbs' / 'experiments').glob('*.ipynb'):
+        nb = nbformat.read(nb_path, as_version=4)
+        tagged = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]
+        assert len(tagged) == 1, f'{nb_path.name}: needs exactly one cell tagged `parameters`'
+        assert 'import' not in tagged[0].source and '#| export' not in tagged[0].source, nb_path.name
+
+
+def test_parameter_reaches_notebook(tmp_path):
+    "The default profile is 'quick'; papermill's value must win over it."
+    from elvis_nb.runner import run_experiment
+    res = run_experiment('environment', tmp_path, profile='smoke', seed=11)
+    assert res['profile']['name'] == 'smoke' and res['seed'] == 11
+    executed = nbformat.read(tmp_path / 'environment.ipynb', as_version=4)
+    assert any('injected-parameters' in c.metadata.get('tags', []) for c in executed.cells)
+
+
+def test_cli_run(tmp_path):
+    from elvis_nb.cli import main
+    assert main(['run', 'environment', '--out', str(tmp_path), '--profile', 'smoke', '-p', 'seed', '4']) == 0
+    assert json.loads((tmp_path / 'results.json').read_text())['seed'] == 4
