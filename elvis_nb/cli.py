@@ -12,7 +12,7 @@ from .runner import run_experiment
 from .reproduce import METHODS, TASKS, reproduce
 
 # %% auto #0
-__all__ = ['parse_value', 'build_parser', 'main']
+__all__ = ['parse_value', 'build_parser', 'torchrun_command', 'main']
 
 # %% ../nbs/99_cli.ipynb #fc91b3fd
 def parse_value(text: str):
@@ -43,10 +43,34 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
     rep.add_argument('--force', action='store_true', help='re-run steps that already finished')
     rep.add_argument('--no-random-baseline', action='store_true', help='skip the random-initialisation reference row')
+    pre = sub.add_parser('pretrain', help='pre-train one method (the pretrain experiment; torchrun when several processes)')
+    pre.add_argument('--method', default='elvis', help="'convirt', 'gloria', 'elvis' or an ablation (elvis_onehot, ...)")
+    pre.add_argument('--profile', default='quick', choices=sorted(PROFILES))
+    pre.add_argument('--out', required=True, help='output folder: checkpoints, model, metrics, results.json')
+    pre.add_argument('--data-root', default='', help='real pre-training data (default: SynthCXR)')
+    pre.add_argument('--seed', type=int, default=0)
+    pre.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
+    pre.add_argument('--max-steps', type=int, default=None, help="cap on optimiser steps (default: the profile's)")
+    pre.add_argument('-o', '--option', nargs=2, action='append', default=[], metavar=('FIELD', 'VALUE'),
+                     help='any other TrainConfig field (elvis_nb.train), e.g. -o lr 3e-4 -o grad_accum 4')
+    for flag, default, what in (('--nproc-per-node', 1, 'processes (GPUs) per machine'), ('--nnodes', 1, 'machines'),
+                                ('--node-rank', 0, "this machine's rank"), ('--master-port', 29500, "rank 0's port")):
+        pre.add_argument(flag, type=int, default=default, help=f'torchrun: {what}')
+    pre.add_argument('--master-addr', default='127.0.0.1', help="torchrun: address of the machine with node rank 0")
     docs = sub.add_parser('docs', help='build the docs preview (nbconvert, no Quarto needed)')
     docs.add_argument('--out', default='_preview', help='output folder of the preview site')
     sub.add_parser('readme', help='write README.md from nbs/index.ipynb (nbconvert, no Quarto needed)')
     return parser
+
+# %% ../nbs/99_cli.ipynb #54e038b8
+def torchrun_command(args: argparse.Namespace) -> list[str]:
+    "The `torchrun` command line that trains `elvis-nb pretrain`'s run on `nproc_per_node × nnodes` processes."
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', str(args.nproc_per_node), '--nnodes', str(args.nnodes),
+           '--node-rank', str(args.node_rank), '--master-addr', args.master_addr, '--master-port', str(args.master_port),
+           '-m', 'elvis_nb.train', '--method', args.method, '--profile', args.profile, '--out', args.out,
+           '--data-root', args.data_root, '--seed', str(args.seed), '--device', args.device, '-o', 'progress', 'False']
+    if args.max_steps is not None: cmd += ['--max-steps', str(args.max_steps)]
+    return cmd + [x for kv in args.option for x in ('-o', *kv)]
 
 # %% ../nbs/99_cli.ipynb #5db781e4
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == 'reproduce':
         reproduce(args.out, args.profile, args.methods, args.tasks, args.seeds, args.data_root, args.device,
                   args.force, random_baseline=not args.no_random_baseline)
+    elif args.command == 'pretrain':
+        options = {k: parse_value(v) for k, v in args.option}
+        if args.nproc_per_node * args.nnodes > 1:
+            import subprocess
+            rc = subprocess.run(torchrun_command(args)).returncode
+            if rc or args.node_rank: return rc          # the report is drawn once, on node 0, after training
+        results = run_experiment('pretrain', args.out, progress=True, profile=args.profile, method=args.method,
+                                 data_root=args.data_root, seed=args.seed, device=args.device, max_steps=args.max_steps,
+                                 options=options)
+        print(json.dumps({k: results[k] for k in ('steps', 'stopped', 'best_val', 'pair_similarity', 'paths')}, indent=1, default=str))
     elif args.command == 'docs':
         from elvis_nb.docs import build_preview
         pages = build_preview(args.out)
