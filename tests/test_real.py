@@ -75,7 +75,7 @@ def test_rsna_split_sizes_mask_and_fractions(roots):
     assert sizes == [6, 2, 2]
     g = R.RSNAPneumonia('all', 'smoke', data_root=roots['rsna'])
     it = g[int(np.flatnonzero(g.records.id == 'pt0')[0])]
-    assert it['mask'].sum().item() == 16 * 16 + 20 * 8                    # two boxes, 1024² → 64²
+    assert it['mask'].sum().item() == 16 * 16 + 20 * 8                    # two boxes, their union
     a = set(R.RSNAPneumonia('train', 'smoke', data_root=roots['rsna'], fraction=0.34, seed=3).records.id)
     assert a == set(R.RSNAPneumonia('train', 'smoke', data_root=roots['rsna'], fraction=0.34, seed=3).records.id)
     assert len(a) == 2
@@ -138,3 +138,24 @@ def test_dicom_monochrome1_and_dataloader(roots, tmp_path):
     dl = DataLoader(R.RSNAPneumonia('train', 'smoke', data_root=roots['rsna']), batch_size=4, collate_fn=collate)
     batch = next(iter(dl))
     assert batch['image'].shape == (4, 1, 64, 64) and batch['mask'].shape == (4, 1, 64, 64)
+
+
+def test_rsna_boxes_in_a_larger_space_are_rescaled(tmp_path):
+    small = R.RSNAPneumonia('all', 'smoke', data_root=R.write_fixture_rsna(tmp_path / 'a'))
+    big = R.RSNAPneumonia('all', 'smoke', data_root=R.write_fixture_rsna(tmp_path / 'b', box_scale=16), box_space=(1024, 1024))
+    for i in range(len(small)):
+        assert torch.equal(small[i]['mask'], big[i]['mask'])
+
+
+def test_reads_synthcxr_export(tmp_path):
+    """The SynthCXR exporter writes the published layouts; every adapter reads them back consistently."""
+    from elvis_nb.data.synth import export_layouts
+    exp = export_layouts(tmp_path / 'x', n=6, size=64, n_eval=6)
+    for task, folder in [('pretrain', 'mimic-cxr-jpg'), ('grounding', 'mimic-cxr-jpg'), ('segmentation_pneumonia', 'rsna-pneumonia'),
+                         ('segmentation_pneumothorax', 'siim-acr-pneumothorax'), ('segmentation_covid', 'covid-rural')]:
+        ds = R.load_task_dataset(task, 'all', 'smoke', exp / folder)
+        assert ds.skipped == Counter()
+        b = collate([ds[i] for i in range(len(ds))])
+        assert b['image'].shape == (len(ds), 1, 64, 64)
+    rsna = R.RSNAPneumonia('all', 'smoke', data_root=exp / 'rsna-pneumonia')
+    assert [bool(rsna[i]['mask'].any()) for i in range(len(rsna))] == [len(b) > 0 for b in rsna.records.boxes]
