@@ -1,0 +1,181 @@
+"""Segmentation, grounding and locality evaluations (eval-B): metrics against independent implementations,
+bad input, and the experiment notebooks under `smoke`."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from scipy.stats import spearmanr
+
+from elvis_nb.eval.grounding import cnr, evaluate_grounding, gaussian_smooth, miou, peak_in_region, phrase_region
+from elvis_nb.eval.locality import knn_overlap, locality_scores, spearman
+from elvis_nb.eval.segmentation import SegmentationConfig, dice_per_image, segmentation_loss
+
+RNG = np.random.default_rng(0)
+
+
+# ---------------------------------------------------------------- Dice
+def _dice_numpy(p, g):
+    p, g = p > 0.5, g > 0.5
+    if not g.any(): return float(not p.any())
+    return 2 * (p & g).sum() / (p.sum() + g.sum())
+
+
+def test_dice_hand_cases():
+    probs, target = torch.zeros(4, 1, 3, 3), torch.zeros(4, 1, 3, 3)
+    target[0, 0, 0, :2] = 1; probs[0, 0, 0, 1:] = 0.8           # |P|=2, |G|=2, |P∩G|=1 → 0.5
+    probs[2, 0, 1, 1] = 0.51                                    # empty truth, one predicted pixel → 0
+    target[3] = 1; probs[3] = 1                                  # perfect → 1
+    assert dice_per_image(probs, target).tolist() == [0.5, 1.0, 0.0, 1.0]
+
+
+def test_dice_vs_numpy():
+    probs = torch.from_numpy(RNG.random((32, 1, 10, 10))).float()
+    target = torch.from_numpy(RNG.random((32, 1, 10, 10)) > 0.8).float()
+    target[:8] = 0; probs[:3] = 0.2
+    ref = np.array([_dice_numpy(p, g) for p, g in zip(probs.numpy(), target.numpy())])
+    np.testing.assert_allclose(dice_per_image(probs, target).numpy(), ref, atol=1e-6)
+
+
+def test_segmentation_loss_and_config_errors():
+    with pytest.raises(ValueError, match="choose 'dice'"): segmentation_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 'l2')
+    with pytest.raises(ValueError, match='unknown segmentation task'): SegmentationConfig(task='heart')
+    with pytest.raises(ValueError, match='fraction'): SegmentationConfig(fraction=1.5)
+
+
+# ---------------------------------------------------------------- CNR, mIoU, peak
+def _cnr_numpy(m, a):
+    ins, out = m[a], m[~a]
+    return abs(np.nanmean(ins) - np.nanmean(out)) / np.sqrt(np.nanvar(ins) + np.nanvar(out))
+
+
+def test_cnr_hand_case():
+    a = torch.tensor([[[True, False], [False, False]]])
+    # A = {4}: μ_A 4, σ²_A 0; Ā = {0, 2, 4}: μ 2, σ² 8/3 → CNR = 2 / sqrt(8/3)
+    assert math.isclose(cnr(torch.tensor([[[4., 0.], [2., 4.]]]), a).item(), 2 / math.sqrt(8 / 3), rel_tol=1e-6)
+
+
+def test_cnr_vs_numpy_with_nan_padding():
+    maps = torch.from_numpy(RNG.normal(size=(6, 20, 16)))
+    maps[:, :3] = float('nan'); maps[2, :, -4:] = float('nan')
+    region = torch.stack([phrase_region(torch.tensor([[2 + i, 4, 9 + i, 15], [0, 16, 3, 20]]), (20, 16)) for i in range(6)])
+    ref = [_cnr_numpy(m, a) for m, a in zip(maps.numpy(), region.numpy())]
+    np.testing.assert_allclose(cnr(maps, region).numpy(), ref, rtol=1e-10)
+
+
+def test_miou_and_peak_vs_numpy():
+    maps = torch.from_numpy(RNG.random((5, 12, 12)) * 0.6)
+    region = torch.stack([phrase_region(torch.tensor([[i, i, i + 6, i + 5]]), (12, 12)) for i in range(5)])
+    ref = [np.mean([((m > t) & a).sum() / ((m > t) | a).sum() for t in (.1, .2, .3, .4, .5)]) for m, a in zip(maps.numpy(), region.numpy())]
+    np.testing.assert_allclose(miou(maps, region).numpy(), ref, rtol=1e-10)
+    inside, chance = peak_in_region(maps, region)
+    flat = maps.flatten(1).argmax(1)
+    assert inside.tolist() == [bool(a.flatten()[j]) for a, j in zip(region, flat)]
+    np.testing.assert_allclose(chance.numpy(), region.flatten(1).double().mean(1).numpy())
+
+
+def test_smoothing_vs_scipy():
+    m = torch.from_numpy(RNG.normal(size=(2, 9, 7)))
+    ref = np.stack([gaussian_filter(x, 1.5) for x in m.numpy()])
+    np.testing.assert_allclose(gaussian_smooth(m, 1.5).numpy(), ref, atol=1e-12)
+
+
+def test_phrase_box_outside_image_is_an_error():
+    with pytest.raises(ValueError, match=r'covers no pixel of the 10×8 image'):
+        phrase_region(torch.tensor([[20., 20., 30., 30.]]), (10, 8))
+    with pytest.raises(ValueError, match='no boxes'):
+        phrase_region(torch.zeros(0, 4), (10, 8))
+
+
+# ---------------------------------------------------------------- Spearman, kNN overlap
+def test_spearman_vs_scipy_with_ties_and_masks():
+    a = torch.from_numpy(RNG.integers(0, 5, (10, 40)).astype(float))
+    b = a + torch.from_numpy(RNG.integers(0, 3, (10, 40)).astype(float))
+    valid = torch.from_numpy(RNG.random((10, 40)) > 0.25)
+    ref = [spearmanr(x[m], y[m]).statistic for x, y, m in zip(a.numpy(), b.numpy(), valid.numpy())]
+    np.testing.assert_allclose(spearman(a, b, valid).numpy(), ref, rtol=1e-10)
+
+
+def test_spearman_hand_case():
+    # ranks (1,2,3) vs (1,3,2): d² = 0+1+1 → ρ = 1 − 6·2/(3·8) = 0.5
+    assert math.isclose(spearman(torch.tensor([[1., 2., 3.]]), torch.tensor([[10., 30., 20.]])).item(), 0.5, rel_tol=1e-9)
+
+
+def test_locality_limits():
+    y = torch.randn(3, 25, 12, generator=torch.Generator().manual_seed(1))
+    s = locality_scores(y, 3 * y, k=4)                         # a scaling keeps every cosine
+    np.testing.assert_allclose(s['spearman'].numpy(), 1, atol=1e-5)
+    np.testing.assert_allclose(s['knn_overlap'].numpy(), 1)
+    overlap, chance = knn_overlap(torch.eye(5)[None], torch.eye(5)[None], k=10)   # k larger than the set
+    assert chance.item() == 1.0 and overlap.item() == 1.0
+
+
+# ---------------------------------------------------------------- bad input through the grounding loop
+class _ConstantMethod(torch.nn.Module):
+    "Maps ∝ the image: the phrase embedding is (1, 0), each region's embedding (brightness, 1 − brightness)."
+    def encode_image(self, images):
+        from types import SimpleNamespace
+        x = torch.nn.functional.avg_pool2d(images, 8)
+        return SimpleNamespace(local_emb=torch.cat([x, 1 - x], 1).flatten(2).transpose(1, 2), grid=tuple(x.shape[-2:]))
+    def tokenize(self, texts): return {'n': torch.ones(len(texts))}
+    def encode_text(self, tokens):
+        from types import SimpleNamespace
+        return SimpleNamespace(global_emb=torch.tensor([[1., 0.]]).expand(len(tokens['n']), 2))
+
+
+def _items(boxes_list):
+    from elvis_nb.data.transforms import make_geometry
+    img = torch.zeros(1, 32, 32); img[:, 8:16, 8:16] = 1
+    return [{'id': str(i), 'image': img, 'phrase': 'p', 'category': 'Edema', 'boxes': b, 'orig_boxes': b,
+             'orig_size': (32, 32), 'geometry': make_geometry((32, 32), 32)} for i, b in enumerate(boxes_list)]
+
+
+def test_grounding_counts_skips_and_beats_chance():
+    good = torch.tensor([[8., 8., 16., 16.]])
+    items = _items([good, good, torch.tensor([[40., 40., 50., 50.]]), torch.zeros(0, 4)])
+    r = evaluate_grounding(_ConstantMethod(), items, batch_size=2, smooth_sigma=None)   # σ = 1.5 cells would swamp a 4×4 grid
+    assert r['n_scored'] == 2 and r['skipped'] == {'box outside the image': 1, 'phrase without boxes': 1}
+    assert r['phrase_mean']['peak_in_box'] == 1.0 > r['phrase_mean']['chance']
+    with pytest.raises(ValueError, match='could be scored'):
+        evaluate_grounding(_ConstantMethod(), items[2:], batch_size=2)
+
+
+# ---------------------------------------------------------------- experiment notebooks under smoke
+@pytest.fixture(scope='module')
+def methods_available():
+    pytest.importorskip('elvis_nb.models.methods', reason='elvis_nb.models.methods has not landed')
+
+
+def test_eval_segmentation_smoke(tmp_path, methods_available):
+    from elvis_nb.runner import run_experiment
+    r = run_experiment('eval_segmentation', tmp_path, profile='smoke', device='cpu', tasks='pneumothorax',
+                       fractions='0.1,1.0', modes='frozen,finetune', decoder_width=16)
+    assert {'table', 'results', 'skipped', 'n_skipped', 'method', 'figures'} <= set(r)
+    assert set(r['table']['pneumothorax']) == {'frozen', 'finetune'} and len(r['results']) == 4
+    assert all(0 <= x['dice'] <= 1 for x in r['results'])
+    assert 'dice_vs_fraction.png' in r['figures'] and (tmp_path / 'dice_vs_fraction.png').exists()
+
+
+def test_eval_grounding_smoke(tmp_path, methods_available):
+    from elvis_nb.runner import run_experiment
+    r = run_experiment('eval_grounding', tmp_path, profile='smoke', device='cpu', method='gloria', n_figures=2)
+    assert {'smoothed', 'raw', 'cnr', 'miou', 'peak_in_box', 'chance', 'n_skipped'} <= set(r)
+    assert r['method'] == 'gloria' and len(r['smoothed']['per_class']) > 1
+    assert (tmp_path / 'grounding_0.png').exists() and (tmp_path / 'cnr_per_class.png').exists()
+
+
+def test_eval_locality_smoke(tmp_path, methods_available):
+    from elvis_nb.runner import run_experiment
+    r = run_experiment('eval_locality', tmp_path, profile='smoke', device='cpu', umap=False)
+    assert r['methods'] == ['convirt', 'gloria', 'elvis']
+    for name, res in r['results'].items():
+        assert -1 <= res['image_y_vs_z']['spearman']['mean'] <= 1
+        assert (res['image_y_vs_z_cross'] is not None) == res['has_cross_attention']
+
+
+def test_checkpoint_of_another_method_is_refused(tmp_path, methods_available):
+    from elvis_nb.models.methods import build_method, load_method
+    build_method('convirt', 'smoke').save_pretrained(tmp_path / 'ckpt')
+    with pytest.raises(ValueError, match='convirt'):
+        load_method(tmp_path / 'ckpt', 'elvis', 'smoke')
