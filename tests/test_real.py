@@ -116,6 +116,8 @@ def test_chexpert_5x200_and_8x200(roots):
     assert list(five.records.id) == list(R.CheXpertImages('test', 'smoke', data_root=roots['chexpert'], n_per_class=2).records.id)
     cand = R.load_task_dataset('retrieval', 'test', 'smoke', roots['chexpert'])
     assert cand.table == '8x200' and len(cand) == 16
+    inner = R.load_task_dataset('classification', 'test', 'smoke', roots['chexpert'] / 'CheXpert-v1.0-small', n_per_class=2)
+    assert list(inner.records.id) == list(five.records.id)
 
 
 def test_load_task_dataset_routes_every_task(roots):
