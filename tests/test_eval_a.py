@@ -1,14 +1,11 @@
 """Evaluation A (retrieval, zero-shot, transfer, reference): metrics against independent implementations, real
 methods through the Method interface, bad inputs, and the two experiment notebooks under `smoke`."""
-import json
-
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from elvis_nb.eval.retrieval import (Embeddings, embed_images, embed_texts, evaluate_retrieval, load_method,
-                                     local_similarity, precision_at_k, relevance, similarity)
+from elvis_nb.eval.retrieval import (embed_images, embed_texts, evaluate_retrieval, local_similarity, precision_at_k,
+                                     relevance, similarity)
+from elvis_nb.models.methods import load_method
 from elvis_nb.eval.transfer import auroc, evaluate_transfer, summarise_auroc
 from elvis_nb.eval.zeroshot import char_count_mask, evaluate_zero_shot, macro_f1
 from elvis_nb.eval.reference import comparison_table, rows_from_results
