@@ -142,12 +142,7 @@ def test_grounding_counts_skips_and_beats_chance():
 
 
 # ---------------------------------------------------------------- experiment notebooks under smoke
-@pytest.fixture(scope='module')
-def methods_available():
-    pytest.importorskip('elvis_nb.models.methods', reason='elvis_nb.models.methods has not landed')
-
-
-def test_eval_segmentation_smoke(tmp_path, methods_available):
+def test_eval_segmentation_smoke(tmp_path):
     from elvis_nb.runner import run_experiment
     r = run_experiment('eval_segmentation', tmp_path, profile='smoke', device='cpu', tasks='pneumothorax',
                        fractions='0.1,1.0', modes='frozen,finetune', decoder_width=16)
@@ -157,7 +152,7 @@ def test_eval_segmentation_smoke(tmp_path, methods_available):
     assert 'dice_vs_fraction.png' in r['figures'] and (tmp_path / 'dice_vs_fraction.png').exists()
 
 
-def test_eval_grounding_smoke(tmp_path, methods_available):
+def test_eval_grounding_smoke(tmp_path):
     from elvis_nb.runner import run_experiment
     r = run_experiment('eval_grounding', tmp_path, profile='smoke', device='cpu', method='gloria', n_figures=2)
     assert {'smoothed', 'raw', 'cnr', 'miou', 'peak_in_box', 'chance', 'n_skipped'} <= set(r)
@@ -165,7 +160,7 @@ def test_eval_grounding_smoke(tmp_path, methods_available):
     assert (tmp_path / 'grounding_0.png').exists() and (tmp_path / 'cnr_per_class.png').exists()
 
 
-def test_eval_locality_smoke(tmp_path, methods_available):
+def test_eval_locality_smoke(tmp_path):
     from elvis_nb.runner import run_experiment
     r = run_experiment('eval_locality', tmp_path, profile='smoke', device='cpu', umap=False)
     assert r['methods'] == ['convirt', 'gloria', 'elvis']
@@ -174,7 +169,7 @@ def test_eval_locality_smoke(tmp_path, methods_available):
         assert (res['image_y_vs_z_cross'] is not None) == res['has_cross_attention']
 
 
-def test_checkpoint_of_another_method_is_refused(tmp_path, methods_available):
+def test_checkpoint_of_another_method_is_refused(tmp_path):
     from elvis_nb.models.methods import build_method, load_method
     build_method('convirt', 'smoke').save_pretrained(tmp_path / 'ckpt')
     with pytest.raises(ValueError, match='convirt'):
