@@ -42,12 +42,12 @@ def inputs(shape: dict, device: str):
     return x, lens
 
 
-def loss_fn(name: str):
+def loss_fn(name: str, chunk_size: int = 4):
     "A function of the inputs dict returning the scalar loss."
     from elvis_nb.losses import infonce as I, gloria as G
     if name == 'infonce': return lambda x: I.infonce(x['img'], x['txt'])
     if name == 'gloria_global': return lambda x: G.gloria_global_loss(x['img'], x['txt'])
-    if name == 'gloria_local': return lambda x: G.gloria_local_loss(x['words'], x['mask'], x['regions'])
+    if name == 'gloria_local': return lambda x: G.gloria_local_loss(x['words'], x['mask'], x['regions'], chunk_size=chunk_size)
     if name == 'gloria_local_loop': return lambda x: G.gloria_local_loss_loop(x['words'], x['mask'], x['regions'])
     from elvis_nb.losses import elvis as E   # the ELVIS local loss (losses-B), on given cross-attended embeddings
     cfg = E.ElvisLocalConfig(target='onehot' if name.endswith('onehot') else 'intra_modal')
@@ -55,11 +55,11 @@ def loss_fn(name: str):
                                         x['feats_txt'], x['words'], x['att_txt'], x['mask'], cfg).loss
 
 
-def run_case(name: str, shape_name: str, device: str, repeats: int) -> dict:
+def run_case(name: str, shape_name: str, device: str, repeats: int, chunk_size: int = 4) -> dict:
     "Time and measure one case in this process (called in a fresh subprocess)."
     import torch
     x, lens = inputs(SHAPES[shape_name], device)
-    fn = loss_fn(name)
+    fn = loss_fn(name, chunk_size)
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
     if device == 'cuda': torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -73,23 +73,25 @@ def run_case(name: str, shape_name: str, device: str, repeats: int) -> dict:
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
     return dict(loss=name, shape=shape_name, device=device, repeats=repeats, value=float(loss),
                 median_ms=round(1e3 * statistics.median(wall), 2), median_cpu_ms=round(1e3 * statistics.median(cpu), 2),
-                peak_mb=round(peak, 1), sum_lengths=int(lens.sum()), threads=torch.get_num_threads())
+                peak_mb=round(peak, 1), sum_lengths=int(lens.sum()), threads=torch.get_num_threads(),
+                **({'chunk_size': chunk_size} if name == 'gloria_local' else {}))
 
 
-def main(shapes, devices, repeats, threads) -> dict:
+def main(shapes, devices, repeats, threads, chunk_sizes=(4,), losses=None) -> dict:
     import torch
     env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': '131072', 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
     try: import elvis_nb.losses.elvis  # noqa: F401  (the ELVIS losses exist once losses-B has landed)
-    except ImportError: losses = LOSSES[:4]
-    else: losses = LOSSES
+    except ImportError: available = LOSSES[:4]
+    else: available = LOSSES
+    cases = [(n, c) for n in (losses or available) for c in (chunk_sizes if n == 'gloria_local' else (4,))]
     records = []
     for device in devices:
         for shape in shapes:
-            for name in losses:
+            for name, chunk in cases:
                 reps = 1 if (name == 'gloria_local_loop' and shape == 'paper' and device == 'cpu') else repeats
-                cmd = [sys.executable, __file__, '--case', name, shape, device, str(reps), str(threads)]
+                cmd = [sys.executable, __file__, '--case', name, shape, device, str(reps), str(threads), str(chunk)]
                 out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-                if out.returncode: raise RuntimeError(f"case {name}/{shape}/{device} failed:\n{out.stderr[-3000:]}")
+                if out.returncode: raise RuntimeError(f"case {name}/{shape}/{device}/chunk {chunk} failed:\n{out.stderr[-3000:]}")
                 records.append(json.loads(out.stdout.strip().splitlines()[-1])); print(records[-1], flush=True)
     for r in records:   # speed-up and memory ratio of the blocked local loss over the official loop
         base = next((b for b in records if b['loss'] == r['loss'] + '_loop' and b['shape'] == r['shape'] and b['device'] == r['device']), None)
@@ -106,9 +108,9 @@ def main(shapes, devices, repeats, threads) -> dict:
 if __name__ == '__main__':
     if len(sys.argv) > 1 and sys.argv[1] == '--case':
         import torch
-        name, shape, device, reps, threads = sys.argv[2:7]
+        name, shape, device, reps, threads, chunk = sys.argv[2:8]
         torch.set_num_threads(int(threads))
-        print(json.dumps(run_case(name, shape, device, int(reps))))
+        print(json.dumps(run_case(name, shape, device, int(reps), int(chunk))))
         sys.exit()
     import torch
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -116,8 +118,11 @@ if __name__ == '__main__':
     ap.add_argument('--devices', nargs='+', default=['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--threads', type=int, default=1, help='CPU threads per case (1: numbers per core, robust to load)')
+    ap.add_argument('--chunk-sizes', type=int, nargs='+', default=[4], help="gloria_local's captions per block")
+    ap.add_argument('--losses', nargs='+', choices=LOSSES, help='a subset (default: all available)')
+    ap.add_argument('--out', default='losses.json', help='file name under bench/results/')
     a = ap.parse_args()
-    res = main(a.shapes, a.devices, a.repeats, a.threads)
+    res = main(a.shapes, a.devices, a.repeats, a.threads, a.chunk_sizes, a.losses)
     res['load_average_after'] = os.getloadavg()
-    path = ROOT / 'bench' / 'results' / 'losses.json'
+    path = ROOT / 'bench' / 'results' / a.out
     path.write_text(json.dumps(res, indent=1)); print('wrote', path)
