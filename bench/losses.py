@@ -42,7 +42,7 @@ def inputs(shape: dict, device: str):
     return x, lens
 
 
-def loss_fn(name: str, chunk_size: int = 4):
+def loss_fn(name: str, chunk_size: int = 2):
     "A function of the inputs dict returning the scalar loss."
     from elvis_nb.losses import infonce as I, gloria as G
     if name == 'infonce': return lambda x: I.infonce(x['img'], x['txt'])
@@ -55,7 +55,7 @@ def loss_fn(name: str, chunk_size: int = 4):
                                         x['feats_txt'], x['words'], x['att_txt'], x['mask'], cfg).loss
 
 
-def run_case(name: str, shape_name: str, device: str, repeats: int, chunk_size: int = 4) -> dict:
+def run_case(name: str, shape_name: str, device: str, repeats: int, chunk_size: int = 2) -> dict:
     "Time and measure one case in this process (called in a fresh subprocess)."
     import torch
     x, lens = inputs(SHAPES[shape_name], device)
@@ -77,13 +77,13 @@ def run_case(name: str, shape_name: str, device: str, repeats: int, chunk_size: 
                 **({'chunk_size': chunk_size} if name == 'gloria_local' else {}))
 
 
-def main(shapes, devices, repeats, threads, chunk_sizes=(4,), losses=None) -> dict:
+def main(shapes, devices, repeats, threads, chunk_sizes=(2,), losses=None) -> dict:
     import torch
     env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': '131072', 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
     try: import elvis_nb.losses.elvis  # noqa: F401  (the ELVIS losses exist once losses-B has landed)
     except ImportError: available = LOSSES[:4]
     else: available = LOSSES
-    cases = [(n, c) for n in (losses or available) for c in (chunk_sizes if n == 'gloria_local' else (4,))]
+    cases = [(n, c) for n in (losses or available) for c in (chunk_sizes if n == 'gloria_local' else (2,))]
     records = []
     for device in devices:
         for shape in shapes:
@@ -118,7 +118,7 @@ if __name__ == '__main__':
     ap.add_argument('--devices', nargs='+', default=['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--threads', type=int, default=1, help='CPU threads per case (1: numbers per core, robust to load)')
-    ap.add_argument('--chunk-sizes', type=int, nargs='+', default=[4], help="gloria_local's captions per block")
+    ap.add_argument('--chunk-sizes', type=int, nargs='+', default=[2], help="gloria_local's captions per block")
     ap.add_argument('--losses', nargs='+', choices=LOSSES, help='a subset (default: all available)')
     ap.add_argument('--out', default='losses.json', help='file name under bench/results/')
     a = ap.parse_args()
