@@ -80,7 +80,7 @@ def readme_text(proc_index: Path) -> tuple[str, dict]:
     nb.cells = [c for c in nb.cells if not (c.cell_type == 'raw' and c.source.startswith('---'))]
     exporter = MarkdownExporter()
     exporter.exclude_input_prompt = exporter.exclude_output_prompt = True
-    body, resources = exporter.from_notebook_node(nb)
+    body, resources = exporter.from_notebook_node(nb, resources={'output_files_dir': 'readme_files'})
     head = f'# {title}\n\n' + (f'> {desc}\n\n' if desc else '')
     return head + re.sub(r'\n{3,}', '\n\n', body).strip() + '\n', resources.get('outputs', {})
 
