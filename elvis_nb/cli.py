@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser('readme', help='write README.md from nbs/index.ipynb (nbconvert, no Quarto needed)')
     return parser
 
-# %% ../nbs/99_cli.ipynb #54e038b8
+# %% ../nbs/99_cli.ipynb #8ff7a797
 def torchrun_command(args: argparse.Namespace) -> list[str]:
     "The `torchrun` command line that trains `elvis-nb pretrain`'s run on `nproc_per_node × nnodes` processes."
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', str(args.nproc_per_node), '--nnodes', str(args.nnodes),

@@ -19,11 +19,13 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    "`gpu` tests skip without CUDA; `slow` tests (minutes: the `quick` profile) run only when `-m` names them."
     import torch
-    if torch.cuda.is_available(): return
-    skip = pytest.mark.skip(reason='needs a CUDA GPU; none is visible to torch on this machine')
+    no_gpu = pytest.mark.skip(reason='needs a CUDA GPU; none is visible to torch on this machine')
+    not_asked = pytest.mark.skip(reason="slow (minutes on 2 CPU cores): run with `-m slow`")
     for item in items:
-        if 'gpu' in item.keywords: item.add_marker(skip)
+        if 'gpu' in item.keywords and not torch.cuda.is_available(): item.add_marker(no_gpu)
+        if 'slow' in item.keywords and 'slow' not in (config.option.markexpr or ''): item.add_marker(not_asked)
 
 
 @pytest.fixture(scope='session')

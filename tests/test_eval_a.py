@@ -183,3 +183,12 @@ def test_prompts_and_queries_use_the_synthcxr_vocabulary():
     ids = m.tokenize(texts)['input_ids']
     unk = m.text_encoder.tokenizer.unk_token_id
     assert not (ids == unk).any(), [t for t, row in zip(texts, ids) if (row == unk).any()]
+
+
+def test_finetune_handles_a_batch_of_one():
+    "Fine-tuning on encoder features never runs the projection heads, whose BatchNorm cannot train on one image."
+    import torch
+    from elvis_nb.models.methods import build_method
+    from elvis_nb.eval.transfer import ImageClassifier
+    clf = ImageClassifier(build_method('elvis', 'smoke'), 5, 'global_feats', freeze=False).train()
+    assert clf(torch.rand(1, 1, 64, 64)).shape == (1, 5)

@@ -95,11 +95,15 @@ class ImageClassifier(nn.Module):
             with torch.no_grad(): n_features = self.features(torch.zeros(1, 1, S, S)).shape[1]
         self.head = nn.Linear(n_features, n_classes)
 
+    def encode(self, images: torch.Tensor):
+        "The encoder's output alone for encoder features (no projection head runs, so its BatchNorm never sees a batch of 1)."
+        return self.method.encode_image(images) if self.feature == 'global_emb' else self.method.image_encoder(images)
+
     def features(self, images: torch.Tensor) -> torch.Tensor:   # [B, 1, S, S] → [B, F]
         if self.freeze:
             self.method.eval()
-            with torch.no_grad(): return image_features(self.method.encode_image(images), self.feature).float()
-        return image_features(self.method.encode_image(images), self.feature).float()
+            with torch.no_grad(): return image_features(self.encode(images), self.feature).float()
+        return image_features(self.encode(images), self.feature).float()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:    # [B, 1, S, S] → logits [B, C]
         return self.head(self.features(images))
