@@ -89,7 +89,10 @@ class TrainConfig:
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     "`cfg` with every `None` filled from the method preset and the profile."
     p = get_profile(cfg.profile, **cfg.profile_overrides)
-    filled = {k: v for k, v in preset_for(cfg.method).items() if getattr(cfg, k) is None}
+    preset = dict(preset_for(cfg.method))
+    if p.lr is not None: preset['lr'] = p.lr   # a profile-wide rate (quick: random-init encoders, few steps)
+    if p.text_sampling is not None: preset['augment'] = replace(preset['augment'], text=p.text_sampling)
+    filled = {k: v for k, v in preset.items() if getattr(cfg, k) is None}
     filled |= {k: getattr(p, k) for k in ('precision', 'batch_size', 'epochs', 'max_steps', 'num_workers') if getattr(cfg, k) is None}
     if cfg.n_val is None: filled['n_val'] = max(2 * (cfg.batch_size or p.batch_size), p.n_pretrain // 8)
     out = replace(cfg, **filled)

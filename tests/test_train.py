@@ -173,3 +173,13 @@ def test_quick_training_learns(name, tmp_path):
     print(name, json.dumps({k: res[k] for k in ('initial_val', 'best_val', 'pair_similarity', 'steps', 'pairs_per_s', 'wall_seconds')}))
     assert res['best_val']['loss'] < res['initial_val']['loss']
     assert res['pair_similarity']['matched'] > res['pair_similarity']['unmatched']
+
+
+def test_quick_profile_sets_one_rate_and_full_reports():
+    "`quick` overrides the papers' presets (random-init encoders, few steps); `paper` keeps them."
+    from elvis_nb.train import TrainConfig, resolve_config
+    for m in ('convirt', 'gloria', 'elvis'):
+        c = resolve_config(TrainConfig(method=m, profile='quick'))
+        assert (c.lr, c.augment.text) == (3e-4, 'full'), m
+    assert resolve_config(TrainConfig(method='gloria', profile='paper')).lr == 5e-5
+    assert resolve_config(TrainConfig(method='convirt', profile='paper')).augment.text == 'random_sentence'
