@@ -20,7 +20,7 @@ __all__ = ['ZONES', 'KINDS', 'KIND_LABEL', 'MM_PER_UNIT', 'DENSITY', 'LOCATION_W
            'DISTRACTORS', 'TASKS', 'MIMIC_SPLIT', 'MSCXR_SPLIT', 'study_rng', 'sample_patient', 'lung_point',
            'Geometry', 'geometry', 'zone_region', 'Finding', 'sample_finding', 'part_shape', 'mask_box', 'render',
            'Sentence', 'write_report', 'aggregate_labels', 'Study', 'make_study', 'report_corpus', 'SynthDataset',
-           'SynthPretrain', 'SynthClassification', 'SynthSegmentation', 'SynthGrounding', 'rle_encode', 'mimic_report',
+           'SynthPretrain', 'SynthClassification', 'SynthSegmentation', 'SynthGrounding', 'mimic_report',
            'export_layouts', 'plot_study', 'plot_gallery', 'dice', 'supervised_reference']
 
 # %% ../../nbs/10_data.synth.ipynb #6bc6b722
@@ -610,14 +610,6 @@ class SynthGrounding(SynthDataset):
                 'orig_size': (self.size, self.size), 'geometry': make_geometry((self.size, self.size), self.size)}
 
 # %% ../../nbs/10_data.synth.ipynb #d8ea9f5d
-def rle_encode(mask: np.ndarray) -> str:
-    "SIIM stage-1 RLE of a boolean mask: column-major, pairs (start relative to the previous run's end, length)."
-    flat = np.r_[0, mask.T.reshape(-1).astype(np.int8), 0]
-    edges = np.flatnonzero(np.diff(flat))
-    starts, ends = edges[0::2], edges[1::2]
-    rel = starts - np.r_[0, ends[:-1]]                         # start relative to the end of the previous run
-    return ' '.join(map(str, np.stack([rel, ends - starts], 1).reshape(-1))) if len(starts) else '-1'
-
 def _uid(*parts) -> str:
     "A deterministic DICOM-style UID from `parts`."
     return '1.2.276.0.7230010.3.1.4.' + '.'.join(str(zlib.crc32(f'{parts}{k}'.encode())) for k in range(3))
@@ -685,6 +677,7 @@ def _export_segmentation(root: Path, n: int, seed: int, size: int) -> None:
     "RSNA (boxes, DICOM), SIIM (stage-1 RLE, DICOM) and COVID Rural (JPEG + PNG masks) from the `train` parts."
     from PIL import Image
     from elvis_nb.data.transforms import write_dicom
+    from elvis_nb.data.real import rle_encode          # SIIM's stage-1 (relative) RLE, written once in data.real
     rsna, rsna_cls, siim = [], [], []
     for i in range(n):
         st = make_study(seed, 'pneumonia/train', i)
@@ -700,7 +693,7 @@ def _export_segmentation(root: Path, n: int, seed: int, size: int) -> None:
         write_dicom(root / 'siim-acr-pneumothorax' / 'dicom-images-train' / _uid(st.id, 'study') / _uid(st.id, 'series') / f'{image_id}.dcm',
                     np.round(img * 255).astype(np.uint8))
         n_ptx = [n_ for n_, f in enumerate(st.findings) if f.kind == 'pneumothorax']
-        siim += [f'{image_id}, {rle_encode(masks[n_])}' for n_ in n_ptx] or [f'{image_id}, -1']
+        siim += [f'{image_id}, {rle_encode(masks[n_], "relative")}' for n_ in n_ptx] or [f'{image_id}, -1']
         st = make_study(seed, 'covid/train', i)
         img, masks, boxes = render(st, size)
         name = f'COVID-19-AR-{16400000 + i}_2020-{i % 12 + 1:02d}-{i % 28 + 1:02d}-XR'
