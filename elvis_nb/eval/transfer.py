@@ -97,7 +97,8 @@ class ImageClassifier(nn.Module):
 
     def encode(self, images: torch.Tensor):
         "The encoder's output alone for encoder features (no projection head runs, so its BatchNorm never sees a batch of 1)."
-        return self.method.encode_image(images) if self.feature == 'global_emb' else self.method.image_encoder(images)
+        encoder = getattr(self.method, 'image_encoder', None)
+        return encoder(images) if encoder is not None and self.feature != 'global_emb' else self.method.encode_image(images)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:   # [B, 1, S, S] → [B, F]
         if self.freeze:
