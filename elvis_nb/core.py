@@ -37,6 +37,7 @@ class Profile:
     precision: str            # 'fp32', 'bf16' or 'fp16' (autocast; fp16 uses a grad scaler)
     lr: float | None = None   # pre-training learning rate for every method; None: each method's paper preset
     text_sampling: str | None = None  # report text per pair ('full', 'random_sentence', 'swap'); None: the preset's
+    augment: str | None = None  # 'crop': GLoRIA/MGCA's random crop only, for every method; None: each method's preset
 
     @property
     def n_regions(self) -> int:
@@ -53,7 +54,7 @@ PROFILES: dict[str, Profile] = {
     'quick': Profile('quick', image_size=128, image_encoder='small', local_stage=3, text_encoder='small',
                      max_tokens=64, embed_dim=64, batch_size=32, epochs=6, max_steps=None, n_pretrain=1536,
                      n_eval=200, finetune_epochs=5, num_workers=0, device='cpu', precision='fp32',
-                     lr=3e-4, text_sampling='full'),
+                     lr=3e-4, text_sampling='full', augment='crop'),
     'paper': Profile('paper', image_size=299, image_encoder='resnet50', local_stage=3,
                      text_encoder='emilyalsentzer/Bio_ClinicalBERT', max_tokens=97, embed_dim=768,
                      batch_size=48, epochs=50, max_steps=None, n_pretrain=203_992, n_eval=1000,

@@ -91,6 +91,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     p = get_profile(cfg.profile, **cfg.profile_overrides)
     preset = dict(preset_for(cfg.method))
     if p.lr is not None: preset['lr'] = p.lr   # a profile-wide rate (quick: random-init encoders, few steps)
+    if p.augment == 'crop': preset['augment'] = GLORIA_AUGMENT
     if p.text_sampling is not None: preset['augment'] = replace(preset['augment'], text=p.text_sampling)
     filled = {k: v for k, v in preset.items() if getattr(cfg, k) is None}
     filled |= {k: getattr(p, k) for k in ('precision', 'batch_size', 'epochs', 'max_steps', 'num_workers') if getattr(cfg, k) is None}

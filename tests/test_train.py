@@ -180,6 +180,6 @@ def test_quick_profile_sets_one_rate_and_full_reports():
     from elvis_nb.train import TrainConfig, resolve_config
     for m in ('convirt', 'gloria', 'elvis'):
         c = resolve_config(TrainConfig(method=m, profile='quick'))
-        assert (c.lr, c.augment.text) == (3e-4, 'full'), m
+        assert (c.lr, c.augment.text, c.augment.rotate_deg, c.augment.blur_sigma) == (3e-4, 'full', 0, None), m
     assert resolve_config(TrainConfig(method='gloria', profile='paper')).lr == 5e-5
     assert resolve_config(TrainConfig(method='convirt', profile='paper')).augment.text == 'random_sentence'
