@@ -12,9 +12,9 @@ from .core import get_profile
 from .runner import run_experiment
 
 # %% auto #0
-__all__ = ['METHODS', 'TASKS', 'RANDOM_INIT', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'TAGS', 'Step', 'plan_steps', 'step_done', 'run_step',
-           'run_steps', 'flatten_numbers', 'mean_std', 'combine_results', 'results_tables', 'step_figures',
-           'report_markdown', 'markdown_to_html', 'markdown_table', 'papers_markdown', 'reproduce']
+__all__ = ['METHODS', 'TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'TAGS', 'Step', 'plan_steps',
+           'step_done', 'run_step', 'run_steps', 'flatten_numbers', 'mean_std', 'combine_results', 'results_tables',
+           'step_figures', 'report_markdown', 'markdown_to_html', 'markdown_table', 'papers_markdown', 'reproduce']
 
 # %% ../nbs/60_reproduce.ipynb #eff22b29
 METHODS = ('convirt', 'gloria', 'elvis')
@@ -26,6 +26,9 @@ TASKS = {  # task name → experiment notebook
     'locality': 'eval_locality',         # intra-modal similarity preservation, UMAP
 }
 RANDOM_INIT = 'random'  # the reference row: an untrained model evaluated like the others
+TASK_OPTIONS = {  # lighter protocols where a profile's budget needs them; other tasks run their notebook's defaults
+    'quick': {'segmentation': dict(modes='frozen', fractions='0.1,1.0', decoder_width=64)},  # 18 U-Nets per model: ~30 min on 2 cores
+}
 
 @dataclass
 class Step:
@@ -56,7 +59,8 @@ def plan_steps(profile: str = 'quick', methods=METHODS, tasks=tuple(TASKS), seed
             if pretrained:
                 steps.append(Step('pretrain', f'seed{seed}/{method}/pretrain', dict(common, method=method, seed=seed)))
             ckpt = str(Path(root) / f'seed{seed}' / method / 'pretrain' / 'model') if pretrained else ''
-            steps += [Step(TASKS[t], f'seed{seed}/{method}/{TASKS[t]}', dict(common, method=arch, seed=seed, checkpoint=ckpt))
+            steps += [Step(TASKS[t], f'seed{seed}/{method}/{TASKS[t]}', dict(common, method=arch, seed=seed, checkpoint=ckpt,
+                                                                             **TASK_OPTIONS.get(profile, {}).get(t, {})))
                       for t in tasks]
     return steps
 
