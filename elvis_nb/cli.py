@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
     rep.add_argument('--force', action='store_true', help='re-run steps that already finished')
     rep.add_argument('--no-random-baseline', action='store_true', help='skip the random-initialisation reference row')
+    rep.add_argument('--jobs', type=int, default=None, help='steps at once (default: 1 on a GPU, else one per CPU core, up to 4)')
     pre = sub.add_parser('pretrain', help='pre-train one method (the pretrain experiment; torchrun when several processes)')
     pre.add_argument('--method', default='elvis', help="'convirt', 'gloria', 'elvis' or an ablation (elvis_onehot, ...)")
     pre.add_argument('--profile', default='quick', choices=sorted(PROFILES))
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: results[k] for k in list(results)[:12]}, indent=1, default=str))
     elif args.command == 'reproduce':
         reproduce(args.out, args.profile, args.methods, args.tasks, args.seeds, args.data_root, args.device,
-                  args.force, random_baseline=not args.no_random_baseline)
+                  args.force, random_baseline=not args.no_random_baseline, jobs=args.jobs)
     elif args.command == 'pretrain':
         options = {k: parse_value(v) for k, v in args.option}
         if args.nproc_per_node * args.nnodes > 1:

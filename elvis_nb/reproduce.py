@@ -4,17 +4,20 @@
 
 # %% ../nbs/60_reproduce.ipynb #a6250015
 from __future__ import annotations
-import base64, hashlib, json, math, re, shutil, time
+import base64, hashlib, json, math, os, re, shutil, time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
-from .core import get_profile
+from .core import get_profile, resolve_device
 from .runner import run_experiment
 
 # %% auto #0
 __all__ = ['METHODS', 'TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'TAGS', 'Step', 'plan_steps',
-           'step_done', 'run_step', 'run_steps', 'flatten_numbers', 'mean_std', 'combine_results', 'results_tables',
-           'step_figures', 'report_markdown', 'markdown_to_html', 'markdown_table', 'papers_markdown', 'reproduce']
+           'step_done', 'run_step', 'next_ready', 'run_steps', 'flatten_numbers', 'mean_std', 'combine_results',
+           'results_tables', 'step_figures', 'report_markdown', 'markdown_to_html', 'markdown_table', 'papers_markdown',
+           'default_jobs', 'kernel_threads', 'reproduce']
 
 # %% ../nbs/60_reproduce.ipynb #eff22b29
 METHODS = ('convirt', 'gloria', 'elvis')
@@ -27,7 +30,8 @@ TASKS = {  # task name → experiment notebook
 }
 RANDOM_INIT = 'random'  # the reference row: an untrained model evaluated like the others
 TASK_OPTIONS = {  # lighter protocols where a profile's budget needs them; other tasks run their notebook's defaults
-    'quick': {'segmentation': dict(modes='frozen', fractions='0.1,1.0', decoder_width=64)},  # 18 U-Nets per model: ~30 min on 2 cores
+    'quick': {'segmentation': dict(modes='frozen', fractions='1.0', decoder_width=64),  # 3 U-Nets per model, not 18
+              'grounding': dict(smooth_sigma=0)},  # no smoothing on the 8-cell grid (see above)
 }
 
 @dataclass
@@ -36,6 +40,7 @@ class Step:
     experiment: str          # notebook in nbs/experiments
     key: str                 # output folder relative to the run's root, e.g. 'seed0/elvis/pretrain'
     params: dict = field(default_factory=dict)
+    after: tuple[str, ...] = ()  # keys of the steps whose outputs it reads (an evaluation: its pre-training)
 
     def fingerprint(self) -> str:
         "Hash of what decides the step's result: the notebook's name and its parameters."
@@ -58,9 +63,10 @@ def plan_steps(profile: str = 'quick', methods=METHODS, tasks=tuple(TASKS), seed
             arch = method if pretrained else methods[-1]
             if pretrained:
                 steps.append(Step('pretrain', f'seed{seed}/{method}/pretrain', dict(common, method=method, seed=seed)))
-            ckpt = str(Path(root) / f'seed{seed}' / method / 'pretrain' / 'model') if pretrained else ''
+            pre = f'seed{seed}/{method}/pretrain'
+            ckpt, after = (str(Path(root) / pre / 'model'), (pre,)) if pretrained else ('', ())
             steps += [Step(TASKS[t], f'seed{seed}/{method}/{TASKS[t]}', dict(common, method=arch, seed=seed, checkpoint=ckpt,
-                                                                             **TASK_OPTIONS.get(profile, {}).get(t, {})))
+                                                                             **TASK_OPTIONS.get(profile, {}).get(t, {})), after)
                       for t in tasks]
     return steps
 
@@ -84,15 +90,33 @@ def run_step(step: Step, root: Path, force: bool = False) -> tuple[dict, bool]:
 def _fmt_seconds(s: float) -> str:
     return f'{int(s // 60)}m{int(s % 60):02d}s'
 
-def run_steps(steps: list[Step], root: Path, force: bool = False, log=print) -> dict[str, dict]:
-    "Run `steps` in order with a progress line each; returns {step key: results}."
-    t0, out = time.time(), {}
-    for i, step in enumerate(steps, 1):
-        t = time.time()
-        log(f'[{i}/{len(steps)}] {step.key} ({step.experiment}) ...', end=' ', flush=True)
-        out[step.key], ran = run_step(step, root, force)
-        log(f"{'done' if ran else 'already done, skipped'} in {_fmt_seconds(time.time() - t)} "
-            f'(total {_fmt_seconds(time.time() - t0)})', flush=True)
+def next_ready(pending: list[Step], done) -> Step | None:
+    "The first step of `pending` whose `after` steps are all in `done`."
+    return next((s for s in pending if set(s.after) <= set(done)), None)
+
+def run_steps(steps: list[Step], root: Path, force: bool = False, jobs: int = 1, log=print) -> dict[str, dict]:
+    "Run `steps`, up to `jobs` at a time, each once its `after` steps are done; a progress line each; {key: results}."
+    t0, out, pending, running, error = time.time(), {}, list(steps), {}, None
+    number = {s.key: f'[{i}/{len(steps)}] {s.key} ({s.experiment})' for i, s in enumerate(steps, 1)}
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        while pending or running:
+            while error is None and len(running) < jobs and (step := next_ready(pending, out)) is not None:
+                pending.remove(step)
+                log(number[step.key] + ' ...', **({'end': ' '} if jobs == 1 else {}), flush=True)
+                running[pool.submit(run_step, step, root, force)] = (step, time.time())
+            if not running: break                        # a failure, or steps waiting for steps not in the plan
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                step, t = running.pop(future)
+                head = '' if jobs == 1 else number[step.key] + ' '
+                try: out[step.key], ran = future.result()
+                except Exception as e:
+                    error = error or e; log(f'{head}FAILED after {_fmt_seconds(time.time() - t)}: {e}', flush=True); continue
+                log(f"{head}{'done' if ran else 'already done, skipped'} in {_fmt_seconds(time.time() - t)} "
+                    f'(total {_fmt_seconds(time.time() - t0)}, {len(out)}/{len(steps)} finished)', flush=True)
+    if error is not None: raise error
+    if pending: raise ValueError(f"steps {[s.key for s in pending]} wait for steps that are not in the plan: "
+                                 f"{sorted({a for s in pending for a in s.after} - set(out))}")
     return out
 
 # %% ../nbs/60_reproduce.ipynb #3c7af710
@@ -204,34 +228,51 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 def papers_markdown() -> str:
     "The papers' published numbers and the SynthCXR supervised reference, with provenance, as Markdown."
-    from elvis_nb.eval.reference import reference_table, synth_reference_rows
+    from elvis_nb.eval.reference import reference_table, synth_reference_table
     ref = reference_table().fillna('')
     ref['source'] = ref.paper + ', ' + ref.table + ' [' + ref.tag + ']'
     parts = [markdown_table(ref.to_dict('records'), ['protocol', 'dataset', 'metric', 'setting', 'method', 'reported',
                                                       'implementation', 'source']),
              '', 'Tags: ' + '; '.join(f'[{k}] {v}' for k, v in TAGS.items()) + '.']
-    synth = synth_reference_rows()
-    if synth:
-        parts += ['', '**SynthCXR reference rows** (a small CNN trained with the labels or masks: an upper bound '
-                  'for pre-training on SynthCXR, produced by `elvis_nb.data.synth`):', '',
-                  markdown_table(synth, ['protocol', 'metric', 'setting', 'value', 'note'])]
+    synth = synth_reference_table()
+    if len(synth):
+        table = synth.round(3).reset_index().fillna('')
+        parts += ['', '**SynthCXR reference** (chance levels, and the evaluations\' own models trained on the labels, masks '
+                  'or boxes from a random encoder: a supervised upper bound for pre-training on SynthCXR; '
+                  '`elvis_nb.eval.reference.supervised_reference`, stored in `data_samples/synth_reference.json`):', '',
+                  markdown_table(table.to_dict('records'), list(table.columns))]
     return '\n'.join(parts)
 
 # %% ../nbs/60_reproduce.ipynb #95a3a2ae
+def default_jobs(device: str = 'auto') -> int:
+    "Steps at once: 1 on a GPU (one device, one run), else one per CPU core up to 4 (the plan rarely has more ready)."
+    return 1 if resolve_device(device).type == 'cuda' else max(1, min(4, os.cpu_count() or 1))
+
+@contextmanager
+def kernel_threads(n: int):
+    "Kernels started inside get `n` math threads (OMP_NUM_THREADS, MKL_NUM_THREADS) unless the user has set them."
+    keys = [k for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS') if k not in os.environ]
+    os.environ.update({k: str(n) for k in keys})
+    try: yield
+    finally:
+        for k in keys: os.environ.pop(k, None)
+
 def reproduce(out_dir: str | Path, profile: str = 'quick', methods=METHODS, tasks=tuple(TASKS), seeds=(0,),
               data_root: str = '', device: str = 'auto', force: bool = False, random_baseline: bool = True,
-              log=print) -> dict:
+              jobs: int | None = None, log=print) -> dict:
     "Pre-train and evaluate `methods` for each seed, then write `results.json`, `report.md` and `report.html` in `out_dir`."
     import elvis_nb
     root = Path(out_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if data_root and not Path(data_root).exists(): raise FileNotFoundError(f'data root {data_root!r} does not exist')
     steps = plan_steps(profile, tuple(methods), tuple(tasks), tuple(seeds), data_root, device, root, random_baseline)
-    log(f'elvis_nb reproduce: {len(steps)} steps into {root}')
-    results = run_steps(steps, root, force, log=log)
+    jobs = jobs or default_jobs(device)
+    log(f'elvis_nb reproduce: {len(steps)} steps into {root}, {jobs} at a time')
+    with kernel_threads(max(1, (os.cpu_count() or 1) // jobs)):
+        results = run_steps(steps, root, force, jobs, log=log)
     combined = combine_results(results)
     meta = dict(profile=profile, methods=list(methods), tasks=list(tasks), seeds=list(seeds), data_root=data_root,
-                device=results['environment'].get('device', device), version=elvis_nb.__version__)
+                device=results['environment'].get('device', device), version=elvis_nb.__version__, jobs=jobs)
     (root / 'results.json').write_text(json.dumps({'meta': meta, 'combined': combined, 'steps': results}, indent=1, default=str))
     md = report_markdown(combined, step_figures(root), root, meta, papers_markdown())
     (root / 'report.md').write_text(md)

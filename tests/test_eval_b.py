@@ -134,11 +134,11 @@ def _items(boxes_list):
 def test_grounding_counts_skips_and_beats_chance():
     good = torch.tensor([[8., 8., 16., 16.]])
     items = _items([good, good, torch.tensor([[40., 40., 50., 50.]]), torch.zeros(0, 4)])
-    r = evaluate_grounding(_ConstantMethod(), items, batch_size=2, smooth_sigma=None)   # σ = 1.5 cells would swamp a 4×4 grid
+    r = evaluate_grounding(_ConstantMethod(), items, batch_size=2, smooth_sigma=None, space='global')   # σ = 1.5 cells would swamp a 4×4 grid
     assert r['n_scored'] == 2 and r['skipped'] == {'box outside the image': 1, 'phrase without boxes': 1}
     assert r['phrase_mean']['peak_in_box'] == 1.0 > r['phrase_mean']['chance']
     with pytest.raises(ValueError, match='could be scored'):
-        evaluate_grounding(_ConstantMethod(), items[2:], batch_size=2)
+        evaluate_grounding(_ConstantMethod(), items[2:], batch_size=2, space='global')
 
 
 # ---------------------------------------------------------------- experiment notebooks under smoke
@@ -158,6 +158,9 @@ def test_eval_grounding_smoke(tmp_path):
     assert {'smoothed', 'raw', 'cnr', 'miou', 'peak_in_box', 'chance', 'n_skipped'} <= set(r)
     assert r['method'] == 'gloria' and len(r['smoothed']['per_class']) > 1
     assert (tmp_path / 'grounding_0.png').exists() and (tmp_path / 'cnr_per_class.png').exists()
+    r0 = run_experiment('eval_grounding', tmp_path / 'raw', profile='smoke', device='cpu', method='elvis', smooth_sigma=0, n_figures=1)
+    assert 'smoothed' not in r0 and (r0['smooth_sigma'], r0['phrase_space']) == (None, 'local')
+    assert r0['peak_in_box'] == r0['raw']['class_mean']['peak_in_box']
 
 
 def test_eval_locality_smoke(tmp_path):

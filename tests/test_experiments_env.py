@@ -15,6 +15,16 @@ def test_parameters_cell_is_tagged_in_every_experiment():
         assert 'import' not in tagged[0].source and '#| export' not in tagged[0].source, nb_path.name
 
 
+def test_papermill_reads_every_parameter():
+    "papermill must parse every line of each parameters cell (a quote or an `=` in a comment hides the parameter)."
+    import ast
+    from papermill.inspection import inspect_notebook
+    for nb_path in sorted((ROOT / 'nbs' / 'experiments').glob('*.ipynb')):
+        cell = next(c for c in nbformat.read(nb_path, as_version=4).cells if 'parameters' in c.metadata.get('tags', []))
+        assigned = {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets}
+        assert set(inspect_notebook(str(nb_path))) == assigned, nb_path.name
+
+
 def test_parameter_reaches_notebook(tmp_path):
     "The default profile is 'quick'; papermill's value must win over it."
     from elvis_nb.runner import run_experiment

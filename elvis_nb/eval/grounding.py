@@ -18,8 +18,9 @@ from ..data.synth import SynthGrounding
 from ..data.transforms import boxes_to_mask, collate, map_to_original
 
 # %% auto #0
-__all__ = ['MIOU_THRESHOLDS', 'similarity_map', 'gaussian_smooth', 'phrase_region', 'cnr', 'miou', 'peak_in_region',
-           'grounding_dataset', 'grounding_maps', 'evaluate_grounding', 'plot_grounding']
+__all__ = ['PHRASE_SPACES', 'MIOU_THRESHOLDS', 'similarity_map', 'phrase_space', 'phrase_embedding', 'gaussian_smooth',
+           'phrase_region', 'cnr', 'miou', 'peak_in_region', 'grounding_dataset', 'grounding_maps',
+           'evaluate_grounding', 'plot_grounding']
 
 # %% ../../nbs/54_eval.grounding.ipynb #a63fca8b
 def similarity_map(phrase_emb: torch.Tensor,   # [B, D] global embedding of each phrase
@@ -31,6 +32,22 @@ def similarity_map(phrase_emb: torch.Tensor,   # [B, D] global embedding of each
         raise ValueError(f"local_emb has {local_emb.shape[1]} regions but grid {grid} has {h * w}")
     sim = torch.einsum('bnd,bd->bn', F.normalize(local_emb, dim=-1), F.normalize(phrase_emb, dim=-1))  # [B, N]
     return sim.reshape(-1, h, w)
+
+# %% ../../nbs/54_eval.grounding.ipynb #daf3e745
+PHRASE_SPACES = ('global', 'local')
+
+def phrase_space(method) -> str:
+    "'global' for ConVIRT (its regions go through the global head), 'local' for methods with a local loss."
+    return 'global' if method.heads.kind == 'convirt' else 'local'
+
+def phrase_embedding(method, phrases: list[str], space: str | None = None) -> torch.Tensor:  # [B, D]
+    "z^T_g of each phrase (`space='global'`), or the mean of its word embeddings z^T_l ('local'); None: `phrase_space`."
+    space = space or phrase_space(method)
+    if space not in PHRASE_SPACES: raise ValueError(f"unknown phrase space {space!r}: choose one of {PHRASE_SPACES}")
+    txt = method.encode_text(method.tokenize(phrases))
+    if space == 'global': return txt.global_emb
+    m = txt.mask[..., None].to(txt.local_emb.dtype)                        # [B, T, 1] real words
+    return (txt.local_emb * m).sum(1) / m.sum(1).clamp_min(1)              # [B, D] mean over the words
 
 # %% ../../nbs/54_eval.grounding.ipynb #934354b9
 def _mirror_index(n: int, radius: int) -> torch.Tensor:
@@ -108,11 +125,10 @@ def grounding_dataset(profile: str | Profile = 'smoke', data_root: str = '', spl
 # %% ../../nbs/54_eval.grounding.ipynb #d4e6dbdf
 @torch.no_grad()
 def grounding_maps(method, images: torch.Tensor, phrases: list[str],   # [B, 1, S, S], B phrases
-                   smooth_sigma: float | None = 1.5) -> torch.Tensor:  # [B, h, w] on the feature grid
-    "Cosine maps between each phrase's global embedding and its image's projected local embeddings (optionally smoothed)."
+                   smooth_sigma: float | None = 1.5, space: str | None = None) -> torch.Tensor:  # [B, h, w] on the grid
+    "Cosine maps between each phrase's embedding (`phrase_embedding`) and its image's projected local embeddings."
     img = method.encode_image(images)
-    txt = method.encode_text(method.tokenize(phrases))
-    maps = similarity_map(txt.global_emb.float(), img.local_emb.float(), img.grid)
+    maps = similarity_map(phrase_embedding(method, phrases, space).float(), img.local_emb.float(), img.grid)
     return gaussian_smooth(maps, smooth_sigma) if smooth_sigma else maps
 
 # %% ../../nbs/54_eval.grounding.ipynb #4078bbbc
@@ -122,12 +138,12 @@ def _summary(rows: list[dict]) -> dict:
     return {'n': len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in keys}}
 
 def evaluate_grounding(method, dataset: Dataset, batch_size: int = 16, smooth_sigma: float | None = 1.5,
-                       device: str | torch.device = 'cpu', keep_maps: int = 0) -> dict:
+                       device: str | torch.device = 'cpu', keep_maps: int = 0, space: str | None = None) -> dict:
     "CNR, mIoU and peak-in-box per class and overall for `method` on a grounding `dataset` (MS-CXR-style items)."
     method.eval()
     rows, skipped, kept = [], Counter(), []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        maps = grounding_maps(method, batch['image'].to(device), list(batch['phrase']), smooth_sigma).cpu()
+        maps = grounding_maps(method, batch['image'].to(device), list(batch['phrase']), smooth_sigma, space).cpu()
         for i, grid_map in enumerate(maps):
             geometry, size = batch['geometry'][i], tuple(batch['orig_size'][i])
             try: region = phrase_region(batch['orig_boxes'][i], size)[None]                   # [1, H, W]
@@ -147,7 +163,8 @@ def evaluate_grounding(method, dataset: Dataset, batch_size: int = 16, smooth_si
     per_class = {c: _summary(rs) for c, rs in sorted(by_class.items())}
     class_mean = {k: float(np.mean([s[k] for s in per_class.values()])) for k in ('cnr', 'miou', 'peak_in_box', 'chance')}
     return {'per_class': per_class, 'class_mean': class_mean, 'phrase_mean': _summary(rows), 'skipped': dict(skipped),
-            'n_scored': len(rows), 'smooth_sigma': smooth_sigma, 'rows': rows, 'examples': kept}
+            'n_scored': len(rows), 'smooth_sigma': smooth_sigma,
+            'phrase_space': space or phrase_space(method), 'rows': rows, 'examples': kept}
 
 # %% ../../nbs/54_eval.grounding.ipynb #98531a65
 def plot_grounding(image: torch.Tensor,     # [H, W] radiograph at original resolution (NaN allowed outside the view)

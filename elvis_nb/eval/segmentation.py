@@ -19,8 +19,8 @@ from ..data.transforms import collate
 
 # %% auto #0
 __all__ = ['dice_per_image', 'soft_dice', 'focal_loss', 'segmentation_loss', 'DecoderBlock', 'UNetDecoder', 'SegmentationNet',
-           'SegmentationConfig', 'segmentation_datasets', 'segmentation_scores', 'train_segmentation',
-           'evaluate_segmentation', 'plot_segmentation']
+           'SegmentationConfig', 'segmentation_datasets', 'StageCache', 'cache_stages', 'stage_batches',
+           'segmentation_scores', 'train_segmentation', 'evaluate_segmentation', 'plot_segmentation']
 
 # %% ../../nbs/53_eval.segmentation.ipynb #c72a6d36
 def dice_per_image(probs: torch.Tensor,   # [B, 1, H, W] predicted foreground probabilities
@@ -99,10 +99,16 @@ class SegmentationNet(nn.Module):
         if self.freeze_encoder: self.encoder.eval()      # frozen: keep the pre-trained BatchNorm statistics
         return self
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:   # [B, 1, S, S] in [0, 1] → [B, 1, S, S] logits
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:  # [B, 1, S, S] in [0, 1] → 4 × [B, C_i, S/r, S/r]
+        "The encoder's maps at strides r = 4, 8, 16, 32 (without gradients when frozen)."
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            stages = self.encoder.stage_maps(images)[1:]         # strides 4, 8, 16, 32
-        return self.decoder(list(stages), images.shape[-2:])
+            return list(self.encoder.stage_maps(images)[1:])
+
+    def decode(self, stages: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:  # → [B, 1, *size] logits
+        return self.decoder(stages, size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:   # [B, 1, S, S] → [B, 1, S, S] logits
+        return self.decode(self.encode(images), images.shape[-2:])
 
 # %% ../../nbs/53_eval.segmentation.ipynb #555a5505
 @dataclass
@@ -120,6 +126,7 @@ class SegmentationConfig:
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # smp's U-Net default
     threshold: float = 0.5             # binarisation of the probabilities for Dice
     seed: int = 0                      # training subset, decoder initialisation and batch order
+    cache_gib: float = 2.0             # frozen encoder: compute its maps once if train+val+test fit in this many GiB (0: never)
 
     def __post_init__(self):
         if self.task not in SEG_TASKS: raise ValueError(f"unknown segmentation task {self.task!r}: choose one of {tuple(SEG_TASKS)}")
@@ -138,34 +145,65 @@ def segmentation_datasets(task: str, profile: str | Profile = 'smoke', seed: int
     if fraction < 1: train = Subset(train, sorted(subsample_ids(range(len(train)), fraction, seed)))
     return train, val, test
 
+# %% ../../nbs/53_eval.segmentation.ipynb #5453ecb9
+class StageCache:
+    "A frozen encoder's stride-4…32 maps and the masks of every item of a dataset, computed once and kept on the CPU."
+    def __init__(self, net: SegmentationNet, dataset: Dataset, batch_size: int = 16, device: str | torch.device = 'cpu'):
+        maps, masks = [], []
+        net.eval()
+        with torch.no_grad():
+            for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+                maps.append([m.cpu() for m in net.encode(batch['image'].to(device))]); masks.append(batch['mask'])
+        self.stages = [torch.cat(s) for s in zip(*maps)]   # 4 × [N, C_i, S/r_i, S/r_i]
+        self.masks = torch.cat(masks)                       # [N, 1, S, S]
+
+    def __len__(self) -> int: return len(self.masks)
+
+def cache_stages(net: SegmentationNet, datasets: tuple[Dataset, ...], batch_size: int = 16,
+                 device: str | torch.device = 'cpu', max_gib: float = 2.0) -> list:
+    "`datasets` as `StageCache`s when `net`'s encoder is frozen and all their maps fit in `max_gib` GiB, else unchanged."
+    if not net.freeze_encoder or max_gib <= 0: return list(datasets)
+    with torch.no_grad(): one = net.eval().encode(datasets[0][0]['image'][None].to(device))   # 4 × [1, C_i, h_i, w_i]
+    gib = sum(m.numel() * m.element_size() for m in one) * sum(len(d) for d in datasets) / 2**30
+    return [StageCache(net, d, batch_size, device) for d in datasets] if gib <= max_gib else list(datasets)
+
+def stage_batches(net: SegmentationNet, data: Dataset | StageCache, batch_size: int, device: str | torch.device = 'cpu',
+                  order: torch.Tensor | None = None):
+    "(encoder maps, masks) per mini-batch of `data` in `order` (default: stored order): cache slices, or the encoder run."
+    order = torch.arange(len(data)) if order is None else order   # [N] item indices
+    if isinstance(data, StageCache):
+        for idx in order.split(batch_size): yield [s[idx].to(device) for s in data.stages], data.masks[idx].to(device)
+    else:
+        for batch in DataLoader(data, batch_size=batch_size, sampler=order.tolist(), collate_fn=collate):
+            yield net.encode(batch['image'].to(device)), batch['mask'].to(device)
+
 # %% ../../nbs/53_eval.segmentation.ipynb #ce7b0314
 @torch.no_grad()
-def segmentation_scores(net: nn.Module, dataset: Dataset, batch_size: int = 16, device: str | torch.device = 'cpu',
-                        threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:  # [n] Dice, [n] bool positive
-    "Per-image Dice (empty-mask rule) of `net` on every item of `dataset`, and which ground truths are non-empty."
+def segmentation_scores(net: SegmentationNet, data: Dataset | StageCache, batch_size: int = 16,
+                        device: str | torch.device = 'cpu', threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per-image Dice (empty-mask rule) of `net` on every item of `data`, and which ground truths are non-empty: [n], [n]."
     net.eval()
     dice, positive = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        probs = torch.sigmoid(net(batch['image'].to(device))).cpu()
-        dice.append(dice_per_image(probs, batch['mask'], threshold)); positive.append(batch['mask'].flatten(1).amax(1) > 0.5)
+    for stages, masks in stage_batches(net, data, batch_size, device):
+        probs, masks = torch.sigmoid(net.decode(stages, masks.shape[-2:])).cpu(), masks.cpu()   # [B, 1, S, S] each
+        dice.append(dice_per_image(probs, masks, threshold)); positive.append(masks.flatten(1).amax(1) > 0.5)
     return torch.cat(dice), torch.cat(positive)
 
-def train_segmentation(net: nn.Module, train_set: Dataset, val_set: Dataset, cfg: SegmentationConfig,
-                       epochs: int, device: str | torch.device = 'cpu') -> list[dict]:
-    "Train `net` on `train_set`, keep the weights of the epoch with the best validation Dice; returns the history."
+def train_segmentation(net: SegmentationNet, train_data: Dataset | StageCache, val_data: Dataset | StageCache,
+                       cfg: SegmentationConfig, epochs: int, device: str | torch.device = 'cpu') -> list[dict]:
+    "Train `net` on `train_data`, keep the weights of the epoch with the best validation Dice; returns the history."
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode='max', patience=3, factor=0.5)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    gen = torch.Generator().manual_seed(cfg.seed)
     history, best, best_state = [], -1.0, None
     for epoch in range(epochs):
         net.train(); losses = []
-        for batch in loader:
-            loss = segmentation_loss(net(batch['image'].to(device)), batch['mask'].to(device), cfg.loss, cfg.alpha)
+        for stages, masks in stage_batches(net, train_data, cfg.batch_size, device, torch.randperm(len(train_data), generator=gen)):
+            loss = segmentation_loss(net.decode(stages, masks.shape[-2:]), masks, cfg.loss, cfg.alpha)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
             losses.append(loss.item())
-        val_dice = segmentation_scores(net, val_set, cfg.batch_size, device, cfg.threshold)[0].mean().item()
+        val_dice = segmentation_scores(net, val_data, cfg.batch_size, device, cfg.threshold)[0].mean().item()
         sched.step(val_dice)
         history.append({'epoch': epoch, 'train_loss': sum(losses) / len(losses), 'val_dice': val_dice})
         if val_dice > best: best, best_state = val_dice, copy.deepcopy(net.state_dict())
@@ -179,14 +217,16 @@ def evaluate_segmentation(image_encoder: nn.Module, train_set: Dataset, val_set:
     device = resolve_device(str(device))
     seed_everything(cfg.seed)
     net = SegmentationNet(image_encoder, cfg.freeze_encoder, cfg.decoder_channels).to(device)
-    history = train_segmentation(net, train_set, val_set, cfg, epochs, device)
-    dice, positive = segmentation_scores(net, test_set, cfg.batch_size, device, cfg.threshold)
+    train_data, val_data, test_data = cache_stages(net, (train_set, val_set, test_set), cfg.batch_size, device, cfg.cache_gib)
+    history = train_segmentation(net, train_data, val_data, cfg, epochs, device)
+    dice, positive = segmentation_scores(net, test_data, cfg.batch_size, device, cfg.threshold)
     if not positive.any():
         raise ValueError(f"segmentation test set for task {cfg.task!r} has no positive mask among its {len(dice)} images: "
                          "Dice would only count empty predictions")
     return {'config': asdict(cfg), 'dice': dice.mean().item(), 'dice_positive': dice[positive].mean().item(),
             'dice_negative': dice[~positive].mean().item() if (~positive).any() else None,
-            'n_train': len(train_set), 'n_test': len(dice), 'n_test_positive': int(positive.sum()), 'history': history}, net
+            'n_train': len(train_set), 'n_test': len(dice), 'n_test_positive': int(positive.sum()),
+            'cached_encoder_maps': isinstance(train_data, StageCache), 'history': history}, net
 
 # %% ../../nbs/53_eval.segmentation.ipynb #0e81cfab
 @torch.no_grad()
