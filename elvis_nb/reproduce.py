@@ -14,10 +14,10 @@ from .core import get_profile, resolve_device
 from .runner import run_experiment
 
 # %% auto #0
-__all__ = ['METHODS', 'TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'TAGS', 'Step', 'plan_steps',
-           'step_done', 'run_step', 'next_ready', 'run_steps', 'flatten_numbers', 'mean_std', 'combine_results',
-           'results_tables', 'step_figures', 'report_markdown', 'markdown_to_html', 'markdown_table', 'papers_markdown',
-           'default_jobs', 'kernel_threads', 'reproduce']
+__all__ = ['METHODS', 'TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'HEADLINES', 'TAGS', 'Step',
+           'plan_steps', 'step_done', 'run_step', 'next_ready', 'run_steps', 'flatten_numbers', 'mean_std',
+           'combine_results', 'headline_columns', 'results_tables', 'step_figures', 'report_markdown',
+           'markdown_to_html', 'markdown_table', 'papers_markdown', 'default_jobs', 'kernel_threads', 'reproduce']
 
 # %% ../nbs/60_reproduce.ipynb #eff22b29
 METHODS = ('convirt', 'gloria', 'elvis')
@@ -91,11 +91,13 @@ def _fmt_seconds(s: float) -> str:
     return f'{int(s // 60)}m{int(s % 60):02d}s'
 
 def next_ready(pending: list[Step], done) -> Step | None:
-    "The first step of `pending` whose `after` steps are all in `done`."
-    return next((s for s in pending if set(s.after) <= set(done)), None)
+    "The first step of `pending` whose `after` steps are all `done`, preferring steps that other pending steps wait for."
+    ready = [s for s in pending if set(s.after) <= set(done)]
+    awaited = {a for s in pending for a in s.after}
+    return next((s for s in ready if s.key in awaited), ready[0] if ready else None)
 
 def run_steps(steps: list[Step], root: Path, force: bool = False, jobs: int = 1, log=print) -> dict[str, dict]:
-    "Run `steps`, up to `jobs` at a time, each once its `after` steps are done; a progress line each; {key: results}."
+    "Run `steps`, up to `jobs` at a time, each once its `after` steps are done; a progress line each; {key: results} in plan order."
     t0, out, pending, running, error = time.time(), {}, list(steps), {}, None
     number = {s.key: f'[{i}/{len(steps)}] {s.key} ({s.experiment})' for i, s in enumerate(steps, 1)}
     with ThreadPoolExecutor(max(1, jobs)) as pool:
@@ -117,7 +119,7 @@ def run_steps(steps: list[Step], root: Path, force: bool = False, jobs: int = 1,
     if error is not None: raise error
     if pending: raise ValueError(f"steps {[s.key for s in pending]} wait for steps that are not in the plan: "
                                  f"{sorted({a for s in pending for a in s.after} - set(out))}")
-    return out
+    return {s.key: out[s.key] for s in steps}                   # plan order, whatever order they finished in
 
 # %% ../nbs/60_reproduce.ipynb #3c7af710
 SKIP_KEYS = ('wall_seconds', 'seed', 'profile', 'versions', 'cpu_threads', 'step', 'steps', 'paths')
@@ -166,15 +168,42 @@ SYNTH_CAVEAT = ("**These are SynthCXR numbers, not the paper's numbers.** SynthC
 def _cell(s: dict, digits: int = 3) -> str:
     return 'n/a' if s['n'] == 0 else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} ({s['n']})"
 
-def results_tables(combined: dict, max_metrics: int = 12) -> str:
-    "Markdown tables, one per experiment: methods as rows, metrics as columns (mean ± std (seeds))."
+HEADLINES = {  # experiment → (column, key in the flattened results.json); '*' stands for a task, method or fraction
+    'pretrain': (('val loss, start', 'initial_val.loss'), ('val loss, best', 'best_val.loss'),
+                 ('cos matched pairs', 'pair_similarity.matched'), ('cos unmatched pairs', 'pair_similarity.unmatched')),
+    'eval_retrieval': (('8x200 image→image P@10', 'retrieval.8x200.image->image.global.prec@10'),
+                       ('8x200 text→image P@10', 'retrieval.8x200.text->image.global.prec@10'),
+                       ('5x200 image→text P@10', 'retrieval.5x200.image->text.global.prec@10'),
+                       ('5x200 image→text P@10 (global+local)', 'retrieval.5x200.image->text.combined.prec@10'),
+                       ('zero-shot accuracy', 'zeroshot.both.accuracy'), ('zero-shot macro F1', 'zeroshot.both.macro_f1')),
+    'eval_transfer': (('{0} AUROC, {1} of labels', 'transfer.*.*.auroc_mean'),),
+    'eval_segmentation': (('{0} Dice ({1}, {2} of labels)', 'table.*.*.*'),),
+    'eval_grounding': (('CNR', 'cnr'), ('mIoU', 'miou'), ('peak in box', 'peak_in_box'), ('peak in box by chance', 'chance')),
+    'eval_locality': (('image ρ(y, z)', 'results.*.image_y_vs_z.spearman.mean'),
+                      ('image kNN overlap', 'results.*.image_y_vs_z.knn_overlap.mean'),
+                      ('image ρ(y, z cross-attended)', 'results.*.image_y_vs_z_cross.spearman.mean'),
+                      ('text ρ(y, z)', 'results.*.text_y_vs_z.spearman.mean')),
+}
+
+def headline_columns(metrics: dict, experiment: str) -> dict[str, str]:
+    "{column: key} of the `HEADLINES` of `experiment` found among one method's `metrics` (flattened keys)."
+    out = {}
+    for label, pattern in HEADLINES.get(experiment, ()):
+        rx = re.compile(re.escape(pattern).replace(r'\*', '(.+?)') + '$')
+        for key in sorted(metrics):
+            if m := rx.match(key): out.setdefault(label.format(*m.groups()), key)
+    return out
+
+def results_tables(combined: dict) -> str:
+    "Markdown tables, one per experiment: methods as rows, the `HEADLINES` as columns (mean ± std (seeds))."
     out = []
-    experiments = sorted({e for exps in combined.values() for e in exps})
-    for exp in experiments:
-        metrics = sorted({k for exps in combined.values() for k in exps.get(exp, {})})[:max_metrics]
+    for exp in sorted({e for exps in combined.values() for e in exps}):
         rows = [m for m in combined if exp in combined[m]]
-        out.append(f'### {exp}\n\n| method | ' + ' | '.join(metrics) + ' |\n|---|' + '---|' * len(metrics))
-        out += ['| ' + m + ' | ' + ' | '.join(_cell(combined[m][exp][k]) if k in combined[m][exp] else '' for k in metrics) + ' |'
+        columns: dict[str, dict[str, str]] = {}                              # column → {method: key}
+        for m in rows:
+            for label, key in headline_columns(combined[m][exp], exp).items(): columns.setdefault(label, {})[m] = key
+        out.append(f'### {exp}\n\n| method | ' + ' | '.join(columns) + ' |\n|---|' + '---|' * len(columns))
+        out += ['| ' + m + ' | ' + ' | '.join(_cell(combined[m][exp][keys[m]]) if m in keys else '' for keys in columns.values()) + ' |'
                 for m in rows]
         out.append('')
     return '\n'.join(out)
@@ -194,9 +223,11 @@ def report_markdown(combined: dict, figures: dict[str, list[Path]], root: Path, 
     lines = [f"# elvis_nb reproduction: {', '.join(meta.get('methods', []))}", '',
              f"Profile `{meta.get('profile')}` · data: {meta.get('data_root') or 'SynthCXR (embedded default)'} · "
              f"seeds {seeds} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''} behind every number: each cell is "
-             "mean ± std (number of seeds)) · device {meta.get('device')} · elvis_nb {meta.get('version')}", '']
+             f"mean ± std (number of seeds)) · device {meta.get('device')} · {meta.get('jobs', 1)} step(s) at a time · "
+             f"elvis_nb {meta.get('version')}", '']
     if not meta.get('data_root'): lines += [SYNTH_CAVEAT, '']
-    lines += ['## Our results', '', f"Rows `{RANDOM_INIT}` are the untrained reference (random initialisation).", '',
+    lines += ['## Our results', '', f"Rows `{RANDOM_INIT}` are the untrained reference (random initialisation). The "
+              "tables show each experiment's headline numbers; every number of every step is in `results.json`.", '',
               results_tables(combined)]
     if papers_md: lines += ["## The papers' published numbers (not ours; never mixed with the tables above)", '', papers_md, '']
     lines += ['## Figures', '']
