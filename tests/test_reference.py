@@ -1,7 +1,7 @@
 """The committed SynthCXR reference (`data_samples/synth_reference.json`, written by
 `elvis_nb.eval.reference.supervised_reference` at the quick profile): every supervised bound clearly above every
-chance level of its task, and segmentation bounds that really segment (not the empty-mask score). Reads a file: < 1 s
-after the import. The function itself is tested at smoke size in nbs/56_eval.reference.ipynb."""
+chance level of its task (5x200 retrieval included), and segmentation bounds that really segment (not the empty-mask
+score). Reads a file: < 1 s after the import. The function itself is tested at smoke size in nbs/56_eval.reference.ipynb."""
 import json
 
 import pytest
@@ -12,7 +12,8 @@ from elvis_nb.eval.reference import (REFERENCE_METHODS, SUPERVISED_REFERENCE_PAT
 
 SEG = ('pneumonia', 'covid', 'pneumothorax')
 # smallest gap between the bound and the best chance of each metric: a bound that is barely above chance says nothing
-MARGIN = {'accuracy': 0.2, 'auroc': 0.2, 'dice': 0.2, 'dice_positive': 0.3, 'cnr': 0.5, 'miou': 0.03, 'peak_in_box': 0.2}
+MARGIN = {'accuracy': 0.2, 'auroc': 0.2, 'dice': 0.2, 'dice_positive': 0.3, 'cnr': 0.5, 'miou': 0.03, 'peak_in_box': 0.2,
+          'prec@10': 0.2}
 
 
 @pytest.fixture(scope='module')
@@ -21,7 +22,7 @@ def ref() -> dict:
 
 
 def test_every_task_and_metric(ref):
-    expected = ({'chexpert5_accuracy', 'chexpert5_auroc', 'grounding_cnr', 'grounding_miou', 'grounding_peak_in_box'}
+    expected = ({'chexpert5_accuracy', 'chexpert5_auroc', 'chexpert5_prec@10', 'grounding_cnr', 'grounding_miou', 'grounding_peak_in_box'}
                 | {f'{t}_{m}' for t in SEG for m in ('dice', 'dice_positive')})
     assert set(ref) - {'settings'} == expected
     for key, vals in ref.items():
@@ -44,6 +45,14 @@ def test_segmentation_bounds_not_degenerate(ref):
         assert pos['chance_empty'] == 0.0 and pos['supervised'] > 0.5, task             # it segments the positives
         assert dice['supervised'] > max(dice['chance_empty'], dice['chance_whole']) + 0.2, task   # not the trivial 0.5
     assert ref['pneumonia_dice']['chance_empty'] == ref['pneumothorax_dice']['chance_empty'] == 0.5   # half negative
+
+
+def test_retrieval_bound(ref):
+    prec = ref['chexpert5_prec@10']
+    assert prec['chance'] == 0.2                          # a random ranking on the balanced 5-class set
+    assert prec['supervised'] > prec['chance'] + MARGIN['prec@10'], prec
+    rows = [r for r in synth_reference_rows() if r['metric'] == 'prec@10']
+    assert {r['protocol'] for r in rows} == {'retrieval image->image (5x200)'} and len(rows) == 2
 
 
 def test_settings_record_the_run(ref):

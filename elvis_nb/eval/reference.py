@@ -17,17 +17,18 @@ from ..core import CHEXPERT_5, CHEXPERT_LABELS, Profile, get_profile, repo_root,
 from ..data.synth import MSCXR_CATEGORIES, SEG_TASKS, SynthClassification
 from ..data.transforms import map_to_original
 from ..models.methods import build_method
+from .retrieval import global_similarity, precision_at_k, relevance, retrieval_split
 from .transfer import ImageClassifier, accuracy, auroc, targets_from_labels, train_classifier
 from .segmentation import SegmentationConfig, dice_per_image, evaluate_segmentation, segmentation_datasets
 from .grounding import cnr, grounding_dataset, miou, peak_in_region, phrase_region
 
 # %% auto #0
 __all__ = ['REF_COLUMNS', 'FRACTIONS', 'CONVIRT_REF', 'GLORIA_REF', 'ELVIS_REF', 'LOVT_REF', 'MGCA_REF', 'BIOVIL_REF',
-           'SUPERVISED_REFERENCE_PATH', 'SYNTH_TASK_PROTOCOL', 'REFERENCE_METHODS', 'reference_table',
-           'rows_from_results', 'segmentation_chance', 'SupervisedRecipe', 'materialise', 'random_method',
-           'segmentation_reference', 'classification_reference', 'GroundingReadout', 'box_coverage',
-           'class_mean_scores', 'grounding_reference', 'supervised_reference', 'synth_reference_rows',
-           'synth_reference_table', 'comparison_table']
+           'SUPERVISED_REFERENCE_PATH', 'SYNTH_TASK_PROTOCOL', 'SYNTH_ENTRY_PROTOCOL', 'REFERENCE_METHODS',
+           'reference_table', 'rows_from_results', 'segmentation_chance', 'SupervisedRecipe', 'materialise',
+           'random_method', 'segmentation_reference', 'retrieval_reference', 'classification_reference',
+           'GroundingReadout', 'box_coverage', 'class_mean_scores', 'grounding_reference', 'supervised_reference',
+           'synth_reference_rows', 'synth_reference_table', 'comparison_table']
 
 # %% ../../nbs/56_eval.reference.ipynb #9cea4a0a
 REF_COLUMNS = ('protocol', 'dataset', 'metric', 'setting', 'method', 'value', 'reported', 'paper', 'table', 'tag',
@@ -199,22 +200,36 @@ def segmentation_reference(task: str, profile: str | Profile = 'quick', recipe: 
     return {m: {'supervised': res[m], **chance[m]} for m in ('dice', 'dice_positive')}
 
 # %% ../../nbs/56_eval.reference.ipynb #c4606fa3
+def retrieval_reference(features: torch.Tensor,  # [N, F] image features of a labelled set
+                        labels: torch.Tensor,    # [N, C] its labels (1 positive)
+                        classes,                 # label columns to retrieve (each query keeps exactly one)
+                        n_query: int,            # queries per class; the other eligible images are candidates
+                        k: int = 10, seed: int = 0) -> dict:
+    "{'supervised': mean Prec@k of image→image retrieval by cosine of `features`, 'chance': a random ranking's} (chapter 50)."
+    sp = retrieval_split(labels, classes, n_query=n_query, seed=seed)
+    relevant = relevance(sp.query_class, labels[sp.candidate_idx])                    # [Q, N_c] bool
+    scores = global_similarity(features[sp.query_idx], features[sp.candidate_idx])    # [Q, N_c]
+    return {'supervised': precision_at_k(scores, relevant, (k,)).mean().item(),
+            'chance': relevant.float().mean().item()}                                 # E[Prec@K] = |R_q| / N_c, any K
+
 def classification_reference(profile: str | Profile = 'quick', recipe: SupervisedRecipe | None = None, seed: int = 0,
                              device: str | torch.device = 'cpu') -> dict:
-    "{'accuracy' | 'auroc': {'supervised', 'chance'}} of the fine-tuned encoder on the SynthCXR 5×200 set."
-    r, columns = recipe or SupervisedRecipe(), [CHEXPERT_LABELS.index(c) for c in CHEXPERT_5]
-    train, test = (materialise(SynthClassification(split, profile, seed=0)) for split in ('train', 'test'))
-    model = ImageClassifier(random_method(profile, seed), len(columns), freeze=False)
-    train_classifier(model, train, columns, r.cls_epochs, r.cls_lr, batch_size=get_profile(profile).batch_size, seed=seed,
-                     device=device)
+    "{'accuracy' | 'auroc' | 'prec@10': {'supervised', 'chance'}} of the fine-tuned encoder on the SynthCXR 5×200 set."
+    prof, r, columns = get_profile(profile), recipe or SupervisedRecipe(), [CHEXPERT_LABELS.index(c) for c in CHEXPERT_5]
+    train, test = (materialise(SynthClassification(split, prof, seed=0)) for split in ('train', 'test'))
+    model = ImageClassifier(random_method(prof, seed), len(columns), freeze=False)
+    train_classifier(model, train, columns, r.cls_epochs, r.cls_lr, batch_size=prof.batch_size, seed=seed, device=device)
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(x.to(device)).cpu() for x in torch.stack([it['image'] for it in test]).split(64)])  # [N, 5]
-    t, v = targets_from_labels(torch.stack([it['labels'] for it in test]), columns)   # [N, 5], [N, 5]
+        feats = torch.cat([model.features(x.to(device)) for x in torch.stack([it['image'] for it in test]).split(64)])  # [N, F]
+        logits = model.head(feats).cpu()                                            # [N, 5]
+    labels = torch.stack([it['labels'] for it in test])                             # [N, 14]
+    t, v = targets_from_labels(labels, columns)                                     # [N, 5], [N, 5]
     label = t.argmax(1)                                                             # [N] the image's one class
     return {'accuracy': {'supervised': accuracy(logits, label), 'chance': label.bincount().max().item() / len(label)},
             'auroc': {'supervised': auroc(logits, t, v).nanmean().item(),
-                      'chance': auroc(torch.zeros_like(logits), t, v).nanmean().item()}}
+                      'chance': auroc(torch.zeros_like(logits), t, v).nanmean().item()},
+            'prec@10': retrieval_reference(feats.cpu(), labels, columns, n_query=max(1, prof.n_eval // 40), seed=seed)}
 
 # %% ../../nbs/56_eval.reference.ipynb #33206717
 class GroundingReadout(nn.Module):
@@ -298,6 +313,7 @@ def supervised_reference(profile: str | Profile = 'quick', recipe: SupervisedRec
 SYNTH_TASK_PROTOCOL = {'chexpert5': ('zero-shot (5x200)', 'SynthCXR 5x200'), 'pneumonia': ('segmentation', 'SynthCXR pneumonia'),
                        'covid': ('segmentation', 'SynthCXR covid'), 'pneumothorax': ('segmentation', 'SynthCXR pneumothorax'),
                        'grounding': ('phrase grounding', 'SynthCXR grounding')}
+SYNTH_ENTRY_PROTOCOL = {'chexpert5_prec@10': 'retrieval image->image (5x200)'}   # entries outside their task's protocol
 REFERENCE_METHODS = {'supervised': 'supervised upper bound', 'chance': 'chance', 'chance_empty': 'chance (empty mask)',
                      'chance_whole': 'chance (whole image)', 'chance_random': 'chance (random map)'}
 
@@ -317,6 +333,7 @@ def synth_reference_rows(path: str | Path | None = None) -> list[dict]:
         unknown = set(vals) - set(REFERENCE_METHODS)
         if unknown: raise ValueError(f"{path}: entry {key!r} has unknown reference(s) {sorted(unknown)}: use {sorted(REFERENCE_METHODS)}")
         protocol, dataset = SYNTH_TASK_PROTOCOL[task]
+        protocol = SYNTH_ENTRY_PROTOCOL.get(key, protocol)
         out += [dict(protocol=protocol, dataset=dataset, metric=metric, setting='', value=float(v), note=note,
                      method=REFERENCE_METHODS[who]) for who, v in vals.items()]
     return out
