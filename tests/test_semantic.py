@@ -1,6 +1,6 @@
 """Semantic tests on SynthCXR (issue 7): a model pre-trained under `quick` beats random initialisation on retrieval
-and grounding, and its grounding maps peak inside the true box more often than chance. One GLoRIA pre-training
-(about 3 minutes on 2 CPU cores) serves every test of the module; CI runs them."""
+and grounding, and its grounding maps peak inside the true box more often than chance. One ELVIS pre-training
+(about 3.5 minutes on 2 CPU cores) serves every test of the module; CI runs them."""
 import pytest
 import torch
 
@@ -13,12 +13,12 @@ from elvis_nb.models.methods import load_method
 
 @pytest.fixture(scope='module')
 def models(tmp_path_factory):
-    "GLoRIA pre-trained under `quick` on SynthCXR, and the same architecture at random initialisation."
+    "ELVIS pre-trained under `quick` on SynthCXR, and the same architecture at random initialisation."
     from elvis_nb.train import TrainConfig, train
-    out = tmp_path_factory.mktemp('quick_gloria')
-    trained = train(TrainConfig(method='gloria', profile='quick', out_dir=str(out), progress=False)).method.cpu().eval()
+    out = tmp_path_factory.mktemp('quick_elvis')
+    trained = train(TrainConfig(method='elvis', profile='quick', out_dir=str(out), progress=False)).method.cpu().eval()
     torch.manual_seed(0)
-    return {'trained': trained, 'random': load_method('', 'gloria', 'quick').eval()}
+    return {'trained': trained, 'random': load_method('', 'elvis', 'quick').eval()}
 
 
 def test_quick_pretraining_beats_random_init_on_retrieval(models):
@@ -36,11 +36,13 @@ def test_quick_pretraining_beats_random_init_on_retrieval(models):
 
 
 def test_quick_pretraining_grounds_phrases(models):
-    "Unsmoothed maps of the trained model peak inside the phrase's box more often than chance and than random init."
+    """Unsmoothed maps of the trained model peak inside the phrase's box more often than chance and than random init,
+    and overlap the boxes more (mIoU). Not CNR: it is absolute, and a random network's maps already contrast anatomy
+    (a random GLoRIA scored CNR 0.82 against 0.56 trained, with peak-in-box at chance)."""
     data = grounding_dataset('quick')
     res = {name: evaluate_grounding(m, data, batch_size=50, smooth_sigma=None)['phrase_mean'] for name, m in models.items()}
     print('grounding', res)
     trained, random_init = res['trained'], res['random']
     assert trained['n'] == len(data) == 200
-    assert trained['peak_in_box'] > 1.5 * trained['chance'], trained
-    assert trained['peak_in_box'] > random_init['peak_in_box'] and trained['cnr'] > random_init['cnr'], res
+    assert trained['peak_in_box'] > max(1.5 * trained['chance'], random_init['peak_in_box'] + 0.03), res
+    assert trained['miou'] > random_init['miou'] + 0.02, res
