@@ -14,9 +14,9 @@ from .core import get_profile, resolve_device
 from .runner import run_experiment
 
 # %% auto #0
-__all__ = ['METHODS', 'TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'HEADLINES', 'TAGS', 'Step',
-           'plan_steps', 'step_done', 'run_step', 'next_ready', 'run_steps', 'flatten_numbers', 'mean_std',
-           'combine_results', 'headline_columns', 'results_tables', 'step_figures', 'report_markdown',
+__all__ = ['METHODS', 'TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'HEADLINES', 'SIDE_BY_SIDE', 'TAGS',
+           'Step', 'plan_steps', 'step_done', 'run_step', 'next_ready', 'run_steps', 'flatten_numbers', 'mean_std',
+           'combine_results', 'headline_columns', 'results_tables', 'step_figures', 'side_by_side', 'report_markdown',
            'markdown_to_html', 'markdown_table', 'papers_markdown', 'default_jobs', 'kernel_threads', 'reproduce']
 
 # %% ../nbs/60_reproduce.ipynb #eff22b29
@@ -30,6 +30,8 @@ TASKS = {  # task name → experiment notebook
 }
 RANDOM_INIT = 'random'  # the reference row: an untrained model evaluated like the others
 TASK_OPTIONS = {  # lighter protocols where a profile's budget needs them; other tasks run their notebook's defaults
+    'smoke': {'locality': dict(umap=False), 'segmentation': dict(fractions='1.0')},  # smoke checks the pipeline, in
+              # minutes: UMAP's numba compilation alone takes most of a minute, 18 U-Nets another
     'quick': {'segmentation': dict(modes='frozen', fractions='1.0', decoder_width=64),  # 3 U-Nets per model, not 18
               'grounding': dict(smooth_sigma=0)},  # no smoothing on the 8-cell grid (see above)
 }
@@ -217,8 +219,30 @@ def step_figures(root: Path) -> dict[str, list[Path]]:
         figs.setdefault(str(png.parent.relative_to(root)), []).append(png)
     return figs
 
-def report_markdown(combined: dict, figures: dict[str, list[Path]], root: Path, meta: dict, papers_md: str = '') -> str:
-    "The report as Markdown: setup, caveat, our tables, papers' numbers, figures (relative links)."
+SIDE_BY_SIDE = ('eval_locality/umap_locality.png', 'eval_grounding/grounding_0.png', 'pretrain/loss_curves.png')
+
+def side_by_side(root: Path, rows: list[str], seed: int = 0, names=SIDE_BY_SIDE) -> list[Path]:
+    "For each `experiment/figure.png` of `names`: the rows' (methods') copies stacked, each titled, in `root/comparisons`."
+    import matplotlib.pyplot as plt
+    out = []
+    for name in names:
+        experiment, file = name.split('/')
+        found = [(r, Path(root) / f'seed{seed}' / r / experiment / file) for r in rows]
+        images = [(r, plt.imread(p)) for r, p in found if p.exists()]                 # [h, w, channels] each
+        if len(images) < 2: continue
+        heights = [12 * img.shape[0] / img.shape[1] + 0.4 for _, img in images]      # inches at 12 in wide
+        fig, axes = plt.subplots(len(images), 1, figsize=(12, sum(heights)), gridspec_kw={'height_ratios': heights}, squeeze=False)
+        for ax, (r, img) in zip(axes[:, 0], images):
+            ax.imshow(img); ax.set_title(r, fontsize=12, loc='left', fontweight='bold'); ax.axis('off')
+        fig.tight_layout()
+        (Path(root) / 'comparisons').mkdir(exist_ok=True)
+        out.append(Path(root) / 'comparisons' / f'{experiment}_{Path(file).stem}.png')
+        fig.savefig(out[-1], dpi=100); plt.close(fig)
+    return out
+
+def report_markdown(combined: dict, figures: dict[str, list[Path]], root: Path, meta: dict, papers_md: str = '',
+                    comparisons: list[Path] = ()) -> str:
+    "The report as Markdown: setup, caveat, our tables, papers' numbers, side-by-side figures, every figure (relative links)."
     seeds = meta.get('seeds', [])
     lines = [f"# elvis_nb reproduction: {', '.join(meta.get('methods', []))}", '',
              f"Profile `{meta.get('profile')}` · data: {meta.get('data_root') or 'SynthCXR (embedded default)'} · "
@@ -230,7 +254,10 @@ def report_markdown(combined: dict, figures: dict[str, list[Path]], root: Path, 
               "tables show each experiment's headline numbers; every number of every step is in `results.json`.", '',
               results_tables(combined)]
     if papers_md: lines += ["## The papers' published numbers (not ours; never mixed with the tables above)", '', papers_md, '']
-    lines += ['## Figures', '']
+    if comparisons:
+        lines += ['## Side by side', '', 'The same figure for every method (rows), from the first seed.', '']
+        lines += [f'![{p.stem}]({p.relative_to(root).as_posix()})\n\n*{p.stem.replace("_", " ")}*\n' for p in comparisons]
+    lines += ['## Figures of every step', '']
     for key, paths in figures.items():
         lines.append(f'### {key}\n')
         lines += [f'![{p.stem}]({p.relative_to(root).as_posix()})\n\n*{p.stem.replace("_", " ")}*\n' for p in paths]
@@ -305,7 +332,8 @@ def reproduce(out_dir: str | Path, profile: str = 'quick', methods=METHODS, task
     meta = dict(profile=profile, methods=list(methods), tasks=list(tasks), seeds=list(seeds), data_root=data_root,
                 device=results['environment'].get('device', device), version=elvis_nb.__version__, jobs=jobs)
     (root / 'results.json').write_text(json.dumps({'meta': meta, 'combined': combined, 'steps': results}, indent=1, default=str))
-    md = report_markdown(combined, step_figures(root), root, meta, papers_markdown())
+    rows = [*methods, RANDOM_INIT] if random_baseline else list(methods)
+    md = report_markdown(combined, step_figures(root), root, meta, papers_markdown(), side_by_side(root, rows, seeds[0]))
     (root / 'report.md').write_text(md)
     (root / 'report.html').write_text(markdown_to_html(md, root))
     log(f"report: {root / 'report.html'}")

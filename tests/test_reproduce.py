@@ -33,6 +33,9 @@ def test_report_contents(run):
     assert '(1) |' in md, 'each number must say how many seeds stand behind it'
     assert md.count('![') >= 3 and html.count('data:image/png;base64,') == md.count('![')
     assert "The papers' published numbers" in md
+    assert '| method | CNR | mIoU | peak in box | peak in box by chance |' in md, 'headline columns, not raw keys'
+    assert '## Side by side' in md and (out / 'comparisons' / 'eval_grounding_grounding_0.png').exists()
+    assert (out / 'comparisons' / 'pretrain_loss_curves.png').exists()
 
 
 def test_rerun_resumes(run):
