@@ -294,7 +294,7 @@ def papers_markdown() -> str:
              '', 'Tags: ' + '; '.join(f'[{k}] {v}' for k, v in TAGS.items()) + '.']
     synth = synth_reference_table()
     if len(synth):
-        table = synth.round(3).reset_index().fillna('')
+        table = synth.round(3).reset_index().astype(object).fillna('')   # '' where a reference does not apply
         parts += ['', '**SynthCXR reference** (chance levels, and the evaluations\' own models trained on the labels, masks '
                   'or boxes from a random encoder: a supervised upper bound for pre-training on SynthCXR; '
                   '`elvis_nb.eval.reference.supervised_reference`, stored in `data_samples/synth_reference.json`):', '',
