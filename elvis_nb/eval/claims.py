@@ -135,7 +135,7 @@ def seeds_needed(mean: float, sd: float, level: float = 0.95, max_seeds: int = 3
 
 # %% ../../nbs/57_eval.claims.ipynb #8635e6c2
 def resolve_sentence(verdict_: str, per_seed: Sequence[float], level: float = 0.95, max_seeds: int = 30,
-                     item_se: float | None = None) -> str:
+                     item_se: float | None = None, direction: int = 1) -> str:
     "What would settle an inconclusive verdict: a second seed, about n seeds, more items, or a bigger budget."
     if verdict_ != 'inconclusive': return ''
     d = np.asarray(per_seed, dtype=float)
@@ -147,7 +147,8 @@ def resolve_sentence(verdict_: str, per_seed: Sequence[float], level: float = 0.
     if n is None:
         return (f'a bigger budget or a more sensitive task: the mean difference {mean:+.3g} is too small next to its '
                 f'seed spread {sd:.3g} for up to {max_seeds} seeds to exclude 0')
-    return f'about {n} seeds: at the observed mean {mean:+.3g} and seed spread {sd:.3g} the interval would exclude 0'
+    side = 'on the claimed side' if mean * direction > 0 else 'against the claim'
+    return f'about {n} seeds: at the observed mean {mean:+.3g} and seed spread {sd:.3g} the interval would exclude 0 {side}'
 
 # %% ../../nbs/57_eval.claims.ipynb #c0c26194
 def metric_pattern(metric: str) -> re.Pattern:
@@ -255,7 +256,7 @@ def evaluate_claim(claim: Claim, values: Mapping, level: float = 0.95, n_boot: i
     elif len(d) >= 2: effect, lo, hi = t_interval(per_seed, level)
     v = verdict(lo, hi, claim.direction)
     return ClaimResult(claim, effect, lo, hi, len(seeds) if claim.items and len(seeds) >= 2 else len(d), excluded, how, v,
-                       resolve_sentence(v, per_seed, level, max_seeds, item_se), mean_a, mean_b, level)
+                       resolve_sentence(v, per_seed, level, max_seeds, item_se, claim.direction), mean_a, mean_b, level)
 
 # %% ../../nbs/57_eval.claims.ipynb #9f81b71d
 def evaluate_claims(claims: Sequence[Claim],
@@ -330,7 +331,7 @@ def plot_claims(results: Sequence[ClaimResult]):
     import matplotlib.pyplot as plt
     groups: dict[str, list[ClaimResult]] = {}
     for r in results: groups.setdefault(r.claim.experiment, []).append(r)
-    fig, axes = plt.subplots(len(groups), 1, figsize=(8, 0.9 + 0.42 * len(results) + 0.5 * len(groups)), squeeze=False,
+    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 1.2 + 0.36 * len(results) + 0.5 * len(groups)), squeeze=False,
                              gridspec_kw={'height_ratios': [len(g) for g in groups.values()]})
     for ax, (experiment, rs) in zip(axes[:, 0], groups.items()):
         y = np.arange(len(rs))[::-1]
@@ -339,9 +340,10 @@ def plot_claims(results: Sequence[ClaimResult]):
             if math.isfinite(r.lo): ax.plot([d * r.lo, d * r.hi], [yi, yi], color=col, lw=2)
             ax.plot([d * r.effect], [yi], 'o', color=col)
         ax.axvline(0, color='k', lw=0.8)
-        ax.set_yticks(y, [f'{r.claim.method_a} vs {r.claim.method_b}: {r.claim.metric}' for r in rs], fontsize=8)
+        ax.set_yticks(y, [r.claim.name for r in rs], fontsize=8)
+        ax.set_ylim(-0.6, len(rs) - 0.4)
         ax.set_title(experiment, fontsize=9, loc='left')
-    axes[-1, 0].set_xlabel('effect in the claimed direction, δ·(A − B), metric units (right of 0 agrees with the paper)')
+    axes[-1, 0].set_xlabel("δ·(A − B) in the metric's units, with its 95 % interval (right of 0: as the paper claims)")
     handles = [plt.Line2D([], [], color=c, marker='o', lw=2, label=v) for v, c in VERDICT_COLOURS.items()]
     axes[0, 0].legend(handles=handles, fontsize=8, loc='best')
     fig.tight_layout()
