@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from elvis_nb.eval.claims import (CLAIMS, Claim, claims_table, evaluate_claim, evaluate_claims, hierarchical_bootstrap,
-                                  plot_claims, t_interval, validate_claims)
+from elvis_nb.eval.claims import (CLAIMS, Claim, claims_table, evaluate_claim, evaluate_claims, flatten_results,
+                                  hierarchical_bootstrap, plot_claims, t_interval, validate_claims)
 
 
 def _values(effect: float, n_seeds: int = 3, noise: float = 0.01, seed: int = 0) -> dict:
@@ -95,3 +95,27 @@ def test_default_claims_valid_on_the_full_plan():
     validate_claims(CLAIMS, ['convirt', 'gloria', 'elvis', 'random'], ['eval_transfer', 'eval_segmentation', 'eval_grounding', 'eval_locality'],
                     fractions={'eval_transfer': [0.01, 0.1, 1.0], 'eval_segmentation': [0.01, 0.1, 1.0]})
     assert len({c.name for c in CLAIMS}) == len(CLAIMS) >= 15
+
+
+def test_from_results_json_shapes():
+    "results.json-shaped dicts → flatten_results → verdicts; an excluded fit (null) is counted, items feed the bootstrap."
+    rng = np.random.default_rng(5)
+    def seg(d): return {'experiment': 'eval_segmentation', 'seed': 0, 'table': {'covid': {'frozen': {'0.01': d, '1.0': 0.8}}}}
+    def gro(c): return {'cnr': c, 'items': {'id': list('abcdefghij'), 'cnr': list(rng.normal(c, 0.05, 10))}}
+    steps = {**{f'seed{s}/elvis/eval_segmentation': seg(0.5 + 0.01 * s) for s in range(3)},
+             **{f'seed{s}/random/eval_segmentation': seg(None if s == 2 else 0.2) for s in range(3)},
+             **{f'seed{s}/elvis/eval_grounding': gro(0.9) for s in range(3)},
+             **{f'seed{s}/convirt/eval_grounding': gro(0.3) for s in range(3)}}
+    values = {}
+    for key, res in steps.items():
+        seed, method, experiment = key.split('/')
+        values.setdefault((method, experiment), {})[int(seed[4:])] = flatten_results(res, skip=('seed',))
+    seg_claim = Claim('seg', 't', 't', 'elvis', 'random', 'eval_segmentation', 'table.covid.frozen.0.01', fraction=0.01)
+    gro_claim = Claim('cnr', 't', 't', 'elvis', 'convirt', 'eval_grounding', 'cnr', items='items.cnr')
+    r_seg, r_gro = evaluate_claims([seg_claim, gro_claim], values, n_boot=300)
+    assert (r_seg.verdict, r_seg.n_seeds, r_seg.excluded) == ('reproduced', 2, {'failed or excluded fit (None)': 1})
+    assert r_gro.verdict == 'reproduced' and r_gro.method.startswith('hierarchical bootstrap over 3 seeds')
+    assert math.isclose(r_gro.effect, 0.6, abs_tol=0.05)
+    del values[('elvis', 'eval_grounding')][1]['items.cnr']                     # items of one seed missing
+    r = evaluate_claim(gro_claim, values)
+    assert r.method.startswith('hierarchical bootstrap over 2 seeds')

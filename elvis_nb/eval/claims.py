@@ -12,7 +12,7 @@ import numpy as np
 from scipy import stats
 
 # %% auto #0
-__all__ = ['DIRECTIONS', 'VERDICTS', 'PAPERS', 'SEG_TASKS_CLAIMED', 'CLAIMS', 'VERDICT_COLOURS', 'Claim', 'item_lists',
+__all__ = ['DIRECTIONS', 'VERDICTS', 'PAPERS', 'SEG_TASKS_CLAIMED', 'CLAIMS', 'VERDICT_COLOURS', 'Claim', 'flatten_results',
            'paired_differences', 't_interval', 'small_sample_factor', 'hierarchical_bootstrap', 'verdict',
            'seeds_needed', 'resolve_sentence', 'metric_pattern', 'resolve_metric', 'validate_claims', 'ClaimResult',
            'evaluate_claim', 'evaluate_claims', 'default_claims', 'applicable_claims', 'claims_table', 'plot_claims']
@@ -40,12 +40,21 @@ class Claim:
         if self.direction not in DIRECTIONS:
             raise ValueError(f"claim {self.name!r}: direction must be +1 (A > B) or -1 (A < B), got {self.direction!r}")
 
-# %% ../../nbs/57_eval.claims.ipynb #d23a1830
-def item_lists(results: dict) -> dict[str, np.ndarray]:
-    "The per-item lists of one results.json as {'items.<metric>': float array} (None → NaN); {} if it has none."
-    items = results.get('items') or {}
-    return {f'items.{k}': np.array([np.nan if x is None else x for x in v], dtype=float) for k, v in items.items()
-            if isinstance(v, (list, tuple)) and all(x is None or isinstance(x, (int, float)) for x in v)}
+# %% ../../nbs/57_eval.claims.ipynb #2e0d7b30
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+def flatten_results(d: Mapping, prefix: str = '', skip: Iterable[str] = ()) -> dict[str, object]:
+    "Leaves of a nested results dict as {'a.b.c': value}: numbers, None (kept), lists of numbers/None as float arrays."
+    out, skip = {}, set(skip)
+    for k, v in d.items():
+        key = f'{prefix}{k}'
+        if k in skip: continue
+        if isinstance(v, Mapping): out.update(flatten_results(v, key + '.', skip))
+        elif v is None or _is_number(v): out[key] = None if v is None else float(v)
+        elif isinstance(v, (list, tuple)) and v and all(x is None or _is_number(x) for x in v):
+            out[key] = np.array([np.nan if x is None else x for x in v], dtype=float)
+    return out
 
 # %% ../../nbs/57_eval.claims.ipynb #5053cb1a
 def _why_not_finite(v) -> str | None:
@@ -226,11 +235,11 @@ class ClaimResult:
 
 # %% ../../nbs/57_eval.claims.ipynb #f477ae9f
 def _seed_values(values: Mapping, method: str, experiment: str, key: str) -> dict[int, object]:
-    "{seed: value} of `key` (a claim's metric, '*' allowed) for one method and experiment; absent seeds are absent."
+    "{seed: value} of `key` (a claim's metric, '*' allowed) for one method and experiment; a seed without it says so."
     out = {}
     for s, metrics in values.get((method, experiment), {}).items():
         found = resolve_metric(key, metrics)
-        if found: out[s] = metrics[found[0]]
+        out[s] = metrics[found[0]] if found else f'{key} not in this seed\'s results'
     return out
 
 def evaluate_claim(claim: Claim, values: Mapping, level: float = 0.95, n_boot: int = 2000, seed: int = 0,
@@ -246,7 +255,7 @@ def evaluate_claim(claim: Claim, values: Mapping, level: float = 0.95, n_boot: i
     if claim.items:
         ia = _seed_values(values, claim.method_a, claim.experiment, claim.items)
         ib = _seed_values(values, claim.method_b, claim.experiment, claim.items)
-        seeds = [s for s in seeds if s in ia and s in ib]
+        seeds = [s for s in seeds if not isinstance(ia.get(s), (str, type(None))) and not isinstance(ib.get(s), (str, type(None)))]
     if claim.items and len(seeds) >= 2:
         effect, lo, hi, info = hierarchical_bootstrap({s: ia[s] for s in seeds}, {s: ib[s] for s in seeds}, n_boot, level, seed)
         if info['n_items_dropped']: excluded['non-finite item values'] = info['n_items_dropped']
