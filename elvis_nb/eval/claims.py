@@ -89,7 +89,7 @@ def t_interval(d: Sequence[float],   # paired differences d_s, n ≥ 2
     half = stats.t.ppf((1 + level) / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
-# %% ../../nbs/57_eval.claims.ipynb #32438219
+# %% ../../nbs/57_eval.claims.ipynb #b18bad7c
 def _finite_items(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, bool]:
     "Finite items of A and B (pairs dropped together when paired), how many were dropped, and whether paired."
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -104,7 +104,7 @@ def small_sample_factor(n_seeds: int, level: float = 0.95) -> float:
     q = (1 + level) / 2
     return float(stats.t.ppf(q, n_seeds - 1) / stats.norm.ppf(q) * math.sqrt(n_seeds / (n_seeds - 1)))
 
-# %% ../../nbs/57_eval.claims.ipynb #032128c5
+# %% ../../nbs/57_eval.claims.ipynb #e8b47929
 def hierarchical_bootstrap(a_items: Mapping[int, Sequence[float]],  # {seed: per-item values of A}
                            b_items: Mapping[int, Sequence[float]],  # {seed: per-item values of B}
                            n_boot: int = 2000, level: float = 0.95, seed: int = 0,
@@ -131,7 +131,7 @@ def hierarchical_bootstrap(a_items: Mapping[int, Sequence[float]],  # {seed: per
             'item_se': float(np.mean(np.std(np.stack(draws, -1), axis=(0, 1))))}
     return effect, effect - c * (effect - lo_q), effect + c * (hi_q - effect), info
 
-# %% ../../nbs/57_eval.claims.ipynb #3b891db7
+# %% ../../nbs/57_eval.claims.ipynb #bba649a1
 VERDICTS = ('reproduced', 'not reproduced', 'inconclusive')
 
 def verdict(lo: float, hi: float, direction: int) -> str:
@@ -147,7 +147,7 @@ def seeds_needed(mean: float, sd: float, level: float = 0.95, max_seeds: int = 3
     ok = stats.t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n) < abs(mean)
     return int(n[ok][0]) if ok.any() else None
 
-# %% ../../nbs/57_eval.claims.ipynb #d6e9a380
+# %% ../../nbs/57_eval.claims.ipynb #f21f65e3
 def resolve_sentence(verdict_: str, per_seed: Sequence[float], level: float = 0.95, max_seeds: int = 30,
                      item_se: float | None = None, direction: int = 1) -> str:
     "What would settle an inconclusive verdict: a second seed, about n seeds, more items, or a bigger budget."
@@ -164,7 +164,7 @@ def resolve_sentence(verdict_: str, per_seed: Sequence[float], level: float = 0.
     side = 'on the claimed side' if mean * direction > 0 else 'against the claim'
     return f'about {n} seeds: at the observed mean {mean:+.3g} and seed spread {sd:.3g} the interval would exclude 0 {side}'
 
-# %% ../../nbs/57_eval.claims.ipynb #5625846a
+# %% ../../nbs/57_eval.claims.ipynb #8c5ec561
 def metric_pattern(metric: str) -> re.Pattern:
     "A claim's metric key as a regular expression: '*' matches one name without dots."
     return re.compile(re.escape(metric).replace(r'\*', r'[^.]+'))
@@ -182,7 +182,7 @@ def _bad(claim: Claim, field_: str, value, choices) -> ValueError:
     more = f' (closest of {len(choices)}: {near})' if len(choices) > 12 else f': choose from {near}'
     return ValueError(f"claim {claim.name!r}: {field_} {value!r} is not available{more}")
 
-# %% ../../nbs/57_eval.claims.ipynb #a71b614a
+# %% ../../nbs/57_eval.claims.ipynb #47cab71b
 def validate_claims(claims: Sequence[Claim],
                     methods: Iterable[str],                 # methods of the run, including 'random' if it has one
                     experiments: Iterable[str],             # experiment notebooks the run runs
@@ -215,7 +215,7 @@ def validate_claims(claims: Sequence[Claim],
                     raise (_bad(c, f'{f_} (of {m} in {c.experiment})', key, keys) if not found else
                            ValueError(f"claim {c.name!r}: {f_} {key!r} matches {len(found)} keys of {m} in {c.experiment}: {found}"))
 
-# %% ../../nbs/57_eval.claims.ipynb #cc2dc2bd
+# %% ../../nbs/57_eval.claims.ipynb #5a77c560
 @dataclass
 class ClaimResult:
     "A claim's effect A − B with its interval, the seeds behind it, what was left out, and the verdict."
@@ -238,7 +238,7 @@ class ClaimResult:
         d = {**asdict(self.claim), **d}
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
-# %% ../../nbs/57_eval.claims.ipynb #3c0a5ebf
+# %% ../../nbs/57_eval.claims.ipynb #ec5ea1e0
 def _seed_values(values: Mapping, method: str, experiment: str, key: str) -> dict[int, object]:
     "{seed: value} of `key` (a claim's metric, '*' allowed) for one method and experiment; a seed without it says so."
     out = {}
@@ -272,7 +272,7 @@ def evaluate_claim(claim: Claim, values: Mapping, level: float = 0.95, n_boot: i
     return ClaimResult(claim, effect, lo, hi, len(seeds) if claim.items and len(seeds) >= 2 else len(d), excluded, how, v,
                        resolve_sentence(v, per_seed, level, max_seeds, item_se, claim.direction), mean_a, mean_b, level)
 
-# %% ../../nbs/57_eval.claims.ipynb #146e84e3
+# %% ../../nbs/57_eval.claims.ipynb #3c7cbba1
 def evaluate_claims(claims: Sequence[Claim],
                     values: Mapping[tuple[str, str], Mapping[int, Mapping[str, object]]],  # {(method, experiment): {seed: {key: value}}}
                     level: float = 0.95, n_boot: int = 2000, seed: int = 0, validate: bool = True) -> list[ClaimResult]:
@@ -282,7 +282,7 @@ def evaluate_claims(claims: Sequence[Claim],
         validate_claims(claims, {m for m, _ in values}, {e for _, e in values}, keys)
     return [evaluate_claim(c, values, level, n_boot, seed) for c in claims]
 
-# %% ../../nbs/57_eval.claims.ipynb #fb2bc910
+# %% ../../nbs/57_eval.claims.ipynb #0fe46a08
 PAPERS = {'convirt2022': 'ConVIRT (Zhang et al., 2022)', 'gloria2021': 'GLoRIA (Huang et al., 2021)',
           'elvis2023': 'ELVIS (Seo et al., 2023)', 'biovil2022': 'BioViL (Boecking et al., 2022)'}
 SEG_TASKS_CLAIMED = ('pneumonia', 'covid', 'pneumothorax')   # SynthCXR's stand-ins for RSNA, COVID Rural, SIIM
@@ -319,7 +319,7 @@ def applicable_claims(claims: Sequence[Claim], methods: Iterable[str], experimen
     methods, experiments = set(methods), set(experiments)
     return [c for c in claims if {c.method_a, c.method_b} <= methods and c.experiment in experiments]
 
-# %% ../../nbs/57_eval.claims.ipynb #aff54b3a
+# %% ../../nbs/57_eval.claims.ipynb #28233d5b
 VERDICT_COLOURS = {'reproduced': 'tab:green', 'not reproduced': 'tab:red', 'inconclusive': 'tab:gray'}
 
 def _num(x: float, digits: int = 3) -> str:
@@ -339,7 +339,7 @@ def claims_table(results: Sequence[ClaimResult], digits: int = 3) -> str:
     methods = sorted({r.method.split(' over ')[0] for r in results})
     return '\n'.join([head, *rows, '', f"Intervals: {'; '.join(methods)} (see each claim's `method`)."])
 
-# %% ../../nbs/57_eval.claims.ipynb #187b443c
+# %% ../../nbs/57_eval.claims.ipynb #625581b0
 def plot_claims(results: Sequence[ClaimResult]):
     "Forest plot: δ·(A − B) with its interval per claim, a zero line, verdict colours, one panel per experiment; the Figure."
     import matplotlib.pyplot as plt
