@@ -12,10 +12,11 @@ import numpy as np
 from scipy import stats
 
 # %% auto #0
-__all__ = ['DIRECTIONS', 'VERDICTS', 'PAPERS', 'SEG_TASKS_CLAIMED', 'CLAIMS', 'VERDICT_COLOURS', 'Claim', 'flatten_results',
-           'item_lists', 'paired_differences', 't_interval', 'small_sample_factor', 'hierarchical_bootstrap', 'verdict',
-           'seeds_needed', 'resolve_sentence', 'metric_pattern', 'resolve_metric', 'validate_claims', 'ClaimResult',
-           'evaluate_claim', 'evaluate_claims', 'default_claims', 'applicable_claims', 'claims_table', 'plot_claims']
+__all__ = ['DIRECTIONS', 'VERDICTS', 'PAPERS', 'SEG_TASKS_CLAIMED', 'METHODS_CLAIMED', 'CLAIMS', 'VERDICT_COLOURS', 'Claim',
+           'flatten_results', 'item_lists', 'paired_differences', 't_interval', 'small_sample_factor',
+           'hierarchical_bootstrap', 'verdict', 'seeds_needed', 'resolve_sentence', 'metric_pattern', 'resolve_metric',
+           'validate_claims', 'ClaimResult', 'evaluate_claim', 'evaluate_claims', 'default_claims', 'applicable_claims',
+           'claims_table', 'plot_claims']
 
 # %% ../../nbs/57_eval.claims.ipynb #f459e5e6
 DIRECTIONS = {1: 'A > B', -1: 'A < B'}
@@ -286,25 +287,27 @@ def evaluate_claims(claims: Sequence[Claim],
 PAPERS = {'convirt2022': 'ConVIRT (Zhang et al., 2022)', 'gloria2021': 'GLoRIA (Huang et al., 2021)',
           'elvis2023': 'ELVIS (Seo et al., 2023)', 'biovil2022': 'BioViL (Boecking et al., 2022)'}
 SEG_TASKS_CLAIMED = ('pneumonia', 'covid', 'pneumothorax')   # SynthCXR's stand-ins for RSNA, COVID Rural, SIIM
+METHODS_CLAIMED = ('convirt', 'gloria', 'elvis')
 
 def _claim(source: str, a: str, b: str, label: str, experiment: str, metric: str, description: str, **kw) -> Claim:
     return Claim(f'{a} > {b}: {label}', source, PAPERS[source], a, b, experiment, metric, 1, description, **kw)
 
 def default_claims() -> list[Claim]:
     "The claims of ConVIRT, GLoRIA and ELVIS as comparisons on this kit's experiments (see the chapter for each key)."
-    own = {'convirt': 'convirt2022', 'gloria': 'gloria2021', 'elvis': 'elvis2023'}
-    few = [_claim(own[m], m, 'random', 'probe AUROC, 1 %', 'eval_transfer', 'transfer.probe.0.01.auroc_mean',
-                  f'{m} pre-training beats random initialisation in a linear probe with 1 % of the labels (AUROC).',
-                  fraction=0.01, task='chexpert5') for m in own]
-    few += [_claim(own[m], m, 'random', 'pneumothorax Dice, 1 %', 'eval_segmentation', 'table.pneumothorax.frozen.0.01',
-                   f'{m} pre-training beats random initialisation in pneumothorax segmentation with 1 % of the labels (Dice).',
-                   fraction=0.01, task='pneumothorax') for m in own]
+    few = [_claim('convirt2022' if mode == 'probe' else 'gloria2021', m, 'random', f'{mode} AUROC, 1 %', 'eval_transfer', f'transfer.{mode}.0.01.auroc_mean',
+                  f'{m} pre-training beats random initialisation with 1 % of the labels ({what}, AUROC).', fraction=0.01, task='chexpert5')
+           for mode, what in (('probe', "linear probe: ConVIRT's protocol"), ('finetune', "fine-tuning: GLoRIA's protocol"))
+           for m in METHODS_CLAIMED]
+    few += [_claim('gloria2021', m, 'random', 'pneumothorax Dice, 1 %', 'eval_segmentation', 'table.pneumothorax.frozen.0.01',
+                   f'{m} pre-training beats random initialisation in pneumothorax segmentation with 1 % of the labels (Dice; GLoRIA\'s SIIM table).',
+                   fraction=0.01, task='pneumothorax') for m in METHODS_CLAIMED]
     local = [_claim('biovil2022' if m == 'gloria' else 'elvis2023', m, 'convirt', what, 'eval_grounding', key,
                     f'{m} (a local loss) grounds phrases better than ConVIRT (global only): {what}.', items=f'items.{key}')
              for m in ('gloria', 'elvis') for key, what in (('cnr', 'CNR'), ('peak_in_box', 'peak inside the box'))]
-    keep = [_claim('elvis2023', 'elvis', 'gloria', f'image {k} of y_l vs z_l', 'eval_locality', f'results.*.image_y_vs_z.{k}.mean',
+    keep = [_claim('elvis2023', 'elvis', 'gloria', f'image {label}, y_l vs z_l', 'eval_locality', f'results.*.image_y_vs_z.{k}.mean',
                    f'ELVIS keeps the ordering of the encoder\'s region similarities through the projection better than GLoRIA ({what}).')
-            for k, what in (('spearman', "Spearman's ρ of sim(y_l, y_l) vs sim(z_l, z_l)"), ('knn_overlap', 'k-NN overlap'))]
+            for k, label, what in (('spearman', 'Spearman ρ', "Spearman's ρ of sim(y_l, y_l) vs sim(z_l, z_l)"),
+                                   ('knn_overlap', 'k-NN overlap', 'k-NN overlap'))]
     seg = [_claim('elvis2023', 'elvis', b, f'{t} Dice, 100 %', 'eval_segmentation', f'table.{t}.frozen.1.0',
                   f'ELVIS segments {t} better than {b} (Dice, frozen encoder, 100 % of the labels).', fraction=1.0, task=t)
            for t in SEG_TASKS_CLAIMED for b in ('convirt', 'gloria')]
