@@ -223,6 +223,7 @@ def plot_grounding(image: torch.Tensor,     # [H, W] radiograph at original reso
     "image | overlay of the map with a colour bar | boxes; returns the Figure."
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+    image, sim_map = (torch.as_tensor(x).detach().cpu().numpy() for x in (image, sim_map))
     fig, ax = plt.subplots(1, 3, figsize=(10, 3.6))
     for a in ax: a.imshow(image, cmap='gray', vmin=0, vmax=1); a.axis('off')
     im = ax[1].imshow(sim_map, cmap='jet', vmin=vmin, vmax=vmax, alpha=0.5)
