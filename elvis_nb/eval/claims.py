@@ -154,7 +154,7 @@ def resolve_sentence(verdict_: str, per_seed: Sequence[float], level: float = 0.
     "What would settle an inconclusive verdict: a second seed, about n seeds, more items, or a bigger budget."
     if verdict_ != 'inconclusive': return ''
     d = np.asarray(per_seed, dtype=float)
-    if len(d) < 2: return f'a second seed: {len(d)} paired seed gives no spread to make an interval from'
+    if len(d) < 2: return f'a second seed: with {len(d)} paired seed(s) there is no spread to make an interval from'
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     if item_se is not None and item_se > sd:
         return f'more items: the item noise of a seed\'s mean ({item_se:.3g}) exceeds the spread between seeds ({sd:.3g})'
