@@ -8,7 +8,8 @@ import torch
 from scipy.ndimage import gaussian_filter
 from scipy.stats import spearmanr
 
-from elvis_nb.eval.grounding import cnr, evaluate_grounding, gaussian_smooth, miou, peak_in_region, phrase_region
+from elvis_nb.eval.grounding import (_summary, cnr, evaluate_grounding, gaussian_smooth, map_resolution, miou, miou_chance,
+                                    peak_in_region, phrase_region, similarity_map)
 from elvis_nb.eval.locality import knn_overlap, locality_scores, spearman
 from elvis_nb.eval.segmentation import SegmentationConfig, dice_per_image, segmentation_loss
 
@@ -141,6 +142,92 @@ def test_grounding_counts_skips_and_beats_chance():
         evaluate_grounding(_ConstantMethod(), items[2:], batch_size=2, space='global')
 
 
+# ---------------------------------------------------------------- information-free and degenerate maps
+def _flat_maps():
+    "Constant maps of several values, through a float32 resize + pad back to a 40×52 original (rounding jitter)."
+    from elvis_nb.data.transforms import make_geometry, map_to_original
+    geo = make_geometry((40, 52), 64)
+    return torch.stack([map_to_original(torch.full((8, 8), c), geo) for c in (0.1, 0.2, 0.3, -0.4, 0.0, 0.7)])
+
+
+def _regions(n, size=(40, 52)):
+    return torch.stack([phrase_region(torch.tensor([[4 * i, 3 * i, 4 * i + 10, 3 * i + 15]]), size) for i in range(n)])
+
+
+def test_cnr_degenerate_inputs():
+    flat = _flat_maps()
+    with np.errstate(invalid='ignore'):                                                          # without a tolerance:
+        naive = [_cnr_numpy(m, a) for m, a in zip(flat.numpy(), _regions(len(flat)).numpy())]   # rounding over rounding
+    assert np.nanmax(naive) > 0.3
+    assert cnr(flat, _regions(len(flat))).tolist() == [0.0] * len(flat)
+    top = torch.tensor([[[True, True], [False, False]]])
+    assert cnr(torch.tensor([[[2., 2.], [1., 1.]]]), top).item() == math.inf                    # perfect separation: a flag
+    assert cnr(torch.tensor([[[2., 2.], [1., 1. + 1e-9]]]), top).item() == math.inf             # … also up to rounding
+    assert math.isnan(cnr(torch.full((1, 2, 2), float('nan')), top).item())                     # nothing valid
+    assert cnr(torch.zeros(1, 2, 2), top).item() == 0.0
+    delta, is_flat = map_resolution(torch.tensor([[[0.3, 0.3 + 1e-6], [0.3, 0.2]]]))
+    assert math.isclose(delta.item(), 3e-5, rel_tol=1e-5) and not is_flat.item()
+
+
+def test_miou_and_peak_degenerate_inputs():
+    flat, region = _flat_maps(), _regions(6)
+    np.testing.assert_allclose(miou(flat, region).numpy(), miou_chance(flat, region).numpy(), atol=1e-6)
+    inside, chance = peak_in_region(flat, region)
+    np.testing.assert_allclose(inside.numpy(), chance.numpy(), atol=1e-6)                       # ties: the share in A
+    assert (chance > 0).all() and (chance < 1).all()
+    nothing = torch.full((1, 4, 4), 0.05)                                                      # below every threshold
+    assert miou(nothing, region[:1, :4, :4]).item() == 0.0 == miou_chance(nothing, region[:1, :4, :4]).item()
+
+
+def test_miou_chance_is_the_shuffled_mean():
+    "Against a Monte-Carlo average over random permutations of the valid pixels (a loop over shuffles)."
+    m = torch.from_numpy(RNG.random((1, 10, 12)) * 0.6)
+    a = phrase_region(torch.tensor([[2, 3, 8, 9]]), (10, 12))[None]
+    perms = torch.stack([m.flatten()[torch.randperm(120)] for _ in range(4000)]).view(-1, 10, 12)
+    mc = miou(perms, a.expand(len(perms), 10, 12)).mean().item()
+    assert math.isclose(miou_chance(m, a).item(), mc, rel_tol=0.05)
+
+
+def test_identical_region_embeddings_score_chance_through_the_path():
+    "Every region alike → similarity_map → smoothing → map_to_original → chance on every metric."
+    from elvis_nb.data.transforms import make_geometry, map_to_original
+    g = torch.Generator().manual_seed(0)
+    z, q = torch.randn(8, 1, 32, generator=g).expand(8, 49, 32), torch.randn(8, 32, generator=g)
+    grid = gaussian_smooth(similarity_map(q, z, (7, 7)))
+    full = torch.stack([map_to_original(x, make_geometry((40, 52), 56)) for x in grid])
+    region = _regions(8)
+    assert cnr(full, region).abs().max().item() == 0.0
+    np.testing.assert_allclose(miou(full, region).numpy(), miou_chance(full, region).numpy(), atol=1e-6)
+    inside, chance = peak_in_region(full, region)
+    np.testing.assert_allclose(inside.numpy(), chance.numpy(), atol=1e-6)
+
+
+def test_grounding_summary_counts_non_finite():
+    rows = [{'cnr': c, 'miou': 0.1, 'miou_chance': 0.05, 'peak_in_box': 1.0, 'chance': 0.1} for c in (0.5, math.inf, 1.5)]
+    s = _summary(rows)
+    assert s['cnr'] == 1.0 and s['n_nonfinite']['cnr'] == 1 and s['n_nonfinite']['miou'] == 0 and s['n'] == 3
+    assert _summary(rows[1:2])['cnr'] is None
+
+
+class _FlatMethod(_ConstantMethod):
+    "Every region gets the same embedding: the maps carry no information."
+    def encode_image(self, images):
+        out = super().encode_image(images)
+        out.local_emb = torch.ones_like(out.local_emb) * torch.tensor([0.3, 0.8])
+        return out
+
+
+def test_grounding_loop_scores_chance_on_information_free_maps():
+    from elvis_nb.data.transforms import make_geometry
+    items = _items([torch.tensor([[8., 8., 16., 16.]]), torch.tensor([[0., 4., 20., 30.]])])
+    for it in items: it['orig_size'], it['geometry'] = (30, 26), make_geometry((30, 26), 32)
+    r = evaluate_grounding(_FlatMethod(), items, batch_size=2, smooth_sigma=1.5, space='global')
+    pm = r['phrase_mean']
+    assert pm['cnr'] == 0.0 and math.isclose(pm['peak_in_box'], pm['chance'], abs_tol=1e-6)
+    assert math.isclose(pm['miou'], pm['miou_chance'], abs_tol=1e-6) and r['n_nonfinite']['cnr'] == 0
+    assert r['items']['cnr'] == [0.0, 0.0] and r['items']['id'] == ['0', '1']
+
+
 # ---------------------------------------------------------------- experiment notebooks under smoke
 def test_eval_segmentation_smoke(tmp_path):
     from elvis_nb.runner import run_experiment
@@ -161,6 +248,8 @@ def test_eval_grounding_smoke(tmp_path):
     r0 = run_experiment('eval_grounding', tmp_path / 'raw', profile='smoke', device='cpu', method='elvis', smooth_sigma=0, n_figures=1)
     assert 'smoothed' not in r0 and (r0['smooth_sigma'], r0['phrase_space']) == (None, 'local')
     assert r0['peak_in_box'] == r0['raw']['class_mean']['peak_in_box']
+    assert len(r0['items']['cnr']) == r0['raw']['n_scored'] and set(r0['n_nonfinite']) >= {'cnr', 'miou', 'peak_in_box'}
+    assert 'items' not in r0['raw'] and 0 <= r0['miou_chance'] <= 1
 
 
 def test_eval_locality_smoke(tmp_path):

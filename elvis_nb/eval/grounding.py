@@ -18,9 +18,9 @@ from ..data.synth import SynthGrounding
 from ..data.transforms import boxes_to_mask, collate, map_to_original
 
 # %% auto #0
-__all__ = ['PHRASE_SPACES', 'MIOU_THRESHOLDS', 'similarity_map', 'phrase_space', 'phrase_embedding', 'gaussian_smooth',
-           'phrase_region', 'cnr', 'miou', 'peak_in_region', 'grounding_dataset', 'grounding_maps',
-           'evaluate_grounding', 'plot_grounding']
+__all__ = ['PHRASE_SPACES', 'FLAT_RTOL', 'MIOU_THRESHOLDS', 'GROUNDING_METRICS', 'similarity_map', 'phrase_space',
+           'phrase_embedding', 'gaussian_smooth', 'phrase_region', 'map_resolution', 'cnr', 'miou', 'miou_chance',
+           'peak_in_region', 'grounding_dataset', 'grounding_maps', 'evaluate_grounding', 'plot_grounding']
 
 # %% ../../nbs/54_eval.grounding.ipynb #a63fca8b
 def similarity_map(phrase_emb: torch.Tensor,   # [B, D] global embedding of each phrase
@@ -80,6 +80,8 @@ def phrase_region(boxes: torch.Tensor,        # [K, 4] boxes (x1, y1, x2, y2) in
     return per_box.any(0)
 
 # %% ../../nbs/54_eval.grounding.ipynb #d46d426b
+FLAT_RTOL = 1e-4   # r: values closer than r · max|S| are one value (float32 rounding is ~1e-7 relative)
+
 def _masked_mean_var(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "Mean, population variance and count of x over mask m, per row of [B, P]; NaN where the count is 0."
     n = m.sum(1)
@@ -88,34 +90,65 @@ def _masked_mean_var(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, to
     var = (torch.where(m, x - mu[:, None], 0.0) ** 2).sum(1) / n
     return mu, var, n
 
+def map_resolution(maps: torch.Tensor,      # [B, H, W] maps, NaN outside the network's view
+                   rtol: float = FLAT_RTOL) -> tuple[torch.Tensor, torch.Tensor]:  # [B] δ, [B] bool flat
+    "δ = rtol · max|S| over the valid pixels of each map, and whether the map is flat (max S − min S ≤ δ)."
+    x = maps.flatten(1)
+    valid = ~x.isnan()
+    hi, lo = torch.where(valid, x, -torch.inf).amax(1), torch.where(valid, x, torch.inf).amin(1)
+    delta = rtol * torch.where(valid, x.abs(), 0.0).amax(1)
+    return delta, (hi - lo) <= delta
+
 def cnr(maps: torch.Tensor,      # [B, H, W] similarity maps, NaN outside the network's view
         region: torch.Tensor,    # [B, H, W] bool, region A (pooled boxes)
-        absolute: bool = True) -> torch.Tensor:  # [B]
-    "Contrast-to-noise ratio |μ_A − μ_Ā| / √(σ²_A + σ²_Ā), nan-aware; 0 for a constant map, NaN if A or Ā is empty."
+        absolute: bool = True, rtol: float = FLAT_RTOL) -> torch.Tensor:  # [B]
+    "|μ_A − μ_Ā| / √(σ²_A + σ²_Ā), nan-aware: 0 for a flat map, ±inf for a perfect separation, NaN if A or Ā is empty."
     x, valid, a = maps.flatten(1), ~maps.isnan().flatten(1), region.flatten(1)
     mu_a, var_a, _ = _masked_mean_var(x, a & valid)
     mu_b, var_b, _ = _masked_mean_var(x, ~a & valid)
     diff = (mu_a - mu_b).abs() if absolute else mu_a - mu_b
     denom = torch.sqrt(var_a + var_b)
-    return torch.where((denom == 0) & (diff == 0), torch.zeros_like(diff), diff / denom)
+    delta, flat = map_resolution(maps, rtol)
+    out = torch.where(denom <= delta, torch.sign(diff) * torch.inf, diff / denom)   # spread below δ: perfect separation
+    return torch.where(flat & ~diff.isnan(), torch.zeros_like(diff), out)
 
 # %% ../../nbs/54_eval.grounding.ipynb #312d74e5
 MIOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
-def miou(maps: torch.Tensor, region: torch.Tensor,      # [B, H, W] maps (NaN allowed), [B, H, W] bool region A
-         thresholds: tuple[float, ...] = MIOU_THRESHOLDS) -> torch.Tensor:  # [B]
-    "IoU of {map > t} with region A, averaged over thresholds t."
+def _snap_flat(maps: torch.Tensor, rtol: float = FLAT_RTOL) -> torch.Tensor:  # [B, H, W]
+    "Flat maps (`map_resolution`) replaced by their mean, NaN kept; other maps unchanged."
+    _, flat = map_resolution(maps, rtol)
+    x = maps.flatten(1)
+    return torch.where(flat[:, None] & ~x.isnan(), x.nanmean(1, keepdim=True), x).view_as(maps)
+
+def _above(maps: torch.Tensor, thresholds: tuple[float, ...], rtol: float) -> torch.Tensor:  # [B, T, P] bool
     t = torch.tensor(thresholds, dtype=maps.dtype, device=maps.device)
-    pred = maps.flatten(1)[:, None] > t[None, :, None]                    # [B, T, P] (NaN > t is False)
-    a = region.flatten(1)[:, None]                                         # [B, 1, P]
+    return _snap_flat(maps, rtol).flatten(1)[:, None] > t[None, :, None]             # NaN > t is False
+
+def miou(maps: torch.Tensor, region: torch.Tensor,      # [B, H, W] maps (NaN allowed), [B, H, W] bool region A
+         thresholds: tuple[float, ...] = MIOU_THRESHOLDS, rtol: float = FLAT_RTOL) -> torch.Tensor:  # [B]
+    "IoU of {map > t} with region A, averaged over thresholds t (a flat map is set to its mean first)."
+    pred, a = _above(maps, thresholds, rtol), region.flatten(1)[:, None]             # [B, T, P], [B, 1, P]
     inter, union = (pred & a).sum(-1).to(maps.dtype), (pred | a).sum(-1).clamp_min(1)  # [B, T]
     return (inter / union).mean(1)
 
-def peak_in_region(maps: torch.Tensor, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [B] bool, [B] chance
-    "Whether each map's largest valid pixel lies in A, and the chance of that: |A ∩ valid| / |valid|."
+def miou_chance(maps: torch.Tensor, region: torch.Tensor,
+                thresholds: tuple[float, ...] = MIOU_THRESHOLDS, rtol: float = FLAT_RTOL) -> torch.Tensor:  # [B]
+    "mIoU expected when the map's valid values are shuffled over the valid pixels (ratio of expectations)."
+    k = _above(maps, thresholds, rtol).sum(-1).to(maps.dtype)                        # [B, T] pixels above t
+    valid, a = ~maps.isnan().flatten(1), region.flatten(1)
+    n, a_valid, a_all = valid.sum(1, keepdim=True), (a & valid).sum(1, keepdim=True), a.sum(1, keepdim=True)
+    inter = k * a_valid / n                                                            # E|{S > t} ∩ A|
+    return (inter / (k + a_all - inter).clamp_min(1)).mean(1)
+
+def peak_in_region(maps: torch.Tensor, region: torch.Tensor,
+                   rtol: float = FLAT_RTOL) -> tuple[torch.Tensor, torch.Tensor]:  # [B] share in A, [B] chance
+    "Share of the peak pixels (within δ of the largest valid value) inside A, and its chance |A ∩ valid| / |valid|."
     x, valid, a = maps.flatten(1), ~maps.isnan().flatten(1), region.flatten(1)
-    peak = torch.where(valid, x, -torch.inf).argmax(1)                    # [B]
-    return a.gather(1, peak[:, None])[:, 0], (a & valid).sum(1).to(maps.dtype) / valid.sum(1)
+    delta, _ = map_resolution(maps, rtol)
+    top = valid & (x >= torch.where(valid, x, -torch.inf).amax(1, keepdim=True) - delta[:, None])   # [B, P] tied peaks
+    share = (top & a).sum(1).to(maps.dtype) / top.sum(1).clamp_min(1)
+    return share, (a & valid).sum(1).to(maps.dtype) / valid.sum(1)
 
 # %% ../../nbs/54_eval.grounding.ipynb #90ba1af3
 def grounding_dataset(profile: str | Profile = 'smoke', data_root: str = '', split: str = 'test') -> Dataset:
@@ -132,14 +165,30 @@ def grounding_maps(method, images: torch.Tensor, phrases: list[str],   # [B, 1, 
     return gaussian_smooth(maps, smooth_sigma) if smooth_sigma else maps
 
 # %% ../../nbs/54_eval.grounding.ipynb #4078bbbc
-def _summary(rows: list[dict]) -> dict:
-    "Means of the per-phrase numbers of `rows`."
-    keys = ('cnr', 'miou', 'peak_in_box', 'chance')
-    return {'n': len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in keys}}
+GROUNDING_METRICS = ('cnr', 'miou', 'miou_chance', 'peak_in_box', 'chance')
 
+def _summary(rows: list[dict]) -> dict:
+    "Means of the finite per-phrase numbers of `rows` (None if none is), and the count of the others per metric."
+    vals = {k: np.array([r[k] for r in rows], dtype=float) for k in GROUNDING_METRICS}
+    ok = {k: np.isfinite(v) for k, v in vals.items()}
+    return {'n': len(rows), **{k: float(v[ok[k]].mean()) if ok[k].any() else None for k, v in vals.items()},
+            'n_nonfinite': {k: int((~ok[k]).sum()) for k in GROUNDING_METRICS}}
+
+def _items(rows: list[dict]) -> dict[str, list]:
+    "Per-phrase lists: ids, classes and every metric (None where not finite)."
+    return {'id': [r['id'] for r in rows], 'category': [r['category'] for r in rows],
+            **{k: [r[k] if math.isfinite(r[k]) else None for r in rows] for k in GROUNDING_METRICS}}
+
+def _score_phrase(full: torch.Tensor, region: torch.Tensor) -> dict[str, float]:
+    "Every metric of one map [1, H, W] against its region [1, H, W]."
+    inside, chance = peak_in_region(full, region)
+    return {'cnr': cnr(full, region)[0].item(), 'miou': miou(full, region)[0].item(),
+            'miou_chance': miou_chance(full, region)[0].item(), 'peak_in_box': inside[0].item(), 'chance': chance[0].item()}
+
+# %% ../../nbs/54_eval.grounding.ipynb #a1f0c004
 def evaluate_grounding(method, dataset: Dataset, batch_size: int = 16, smooth_sigma: float | None = 1.5,
                        device: str | torch.device = 'cpu', keep_maps: int = 0, space: str | None = None) -> dict:
-    "CNR, mIoU and peak-in-box per class and overall for `method` on a grounding `dataset` (MS-CXR-style items)."
+    "CNR, mIoU and peak-in-box (with chance levels) per class and overall for `method` on a grounding `dataset`."
     method.eval()
     rows, skipped, kept = [], Counter(), []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
@@ -150,21 +199,21 @@ def evaluate_grounding(method, dataset: Dataset, batch_size: int = 16, smooth_si
             except ValueError:
                 skipped['phrase without boxes' if len(batch['orig_boxes'][i]) == 0 else 'box outside the image'] += 1; continue
             full = map_to_original(grid_map, geometry)[None]                                     # [1, H, W], NaN outside
-            c = cnr(full, region)[0].item()
-            if math.isnan(c): skipped['no valid pixel inside or outside the boxes'] += 1; continue
-            inside, chance = peak_in_region(full, region)
-            rows.append({'id': batch['id'][i], 'category': batch['category'][i], 'phrase': batch['phrase'][i], 'cnr': c,
-                         'miou': miou(full, region)[0].item(), 'peak_in_box': float(inside[0]), 'chance': chance[0].item()})
+            scores = _score_phrase(full, region)
+            if math.isnan(scores['cnr']): skipped['no valid pixel inside or outside the boxes'] += 1; continue
+            rows.append({'id': batch['id'][i], 'category': batch['category'][i], 'phrase': batch['phrase'][i], **scores})
             if len(kept) < keep_maps: kept.append({**rows[-1], 'image': map_to_original(batch['image'][i, 0], geometry),
                                                    'map': full[0], 'boxes': batch['orig_boxes'][i]})
     if not rows: raise ValueError(f"no phrase of the {len(dataset)} in the grounding set could be scored (skipped: {dict(skipped)})")
     by_class = defaultdict(list)
     for r in rows: by_class[r['category']].append(r)
     per_class = {c: _summary(rs) for c, rs in sorted(by_class.items())}
-    class_mean = {k: float(np.mean([s[k] for s in per_class.values()])) for k in ('cnr', 'miou', 'peak_in_box', 'chance')}
-    return {'per_class': per_class, 'class_mean': class_mean, 'phrase_mean': _summary(rows), 'skipped': dict(skipped),
-            'n_scored': len(rows), 'smooth_sigma': smooth_sigma,
-            'phrase_space': space or phrase_space(method), 'rows': rows, 'examples': kept}
+    class_mean = {k: (float(np.mean(v)) if (v := [s[k] for s in per_class.values() if s[k] is not None]) else None)
+                  for k in GROUNDING_METRICS}
+    phrase_mean = _summary(rows)
+    return {'per_class': per_class, 'class_mean': class_mean, 'phrase_mean': phrase_mean, 'skipped': dict(skipped),
+            'n_scored': len(rows), 'n_nonfinite': phrase_mean['n_nonfinite'], 'smooth_sigma': smooth_sigma,
+            'phrase_space': space or phrase_space(method), 'rows': rows, 'items': _items(rows), 'examples': kept}
 
 # %% ../../nbs/54_eval.grounding.ipynb #98531a65
 def plot_grounding(image: torch.Tensor,     # [H, W] radiograph at original resolution (NaN allowed outside the view)
@@ -174,6 +223,7 @@ def plot_grounding(image: torch.Tensor,     # [H, W] radiograph at original reso
     "image | overlay of the map with a colour bar | boxes; returns the Figure."
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+    image, sim_map = (torch.as_tensor(x).detach().cpu().numpy() for x in (image, sim_map))
     fig, ax = plt.subplots(1, 3, figsize=(10, 3.6))
     for a in ax: a.imshow(image, cmap='gray', vmin=0, vmax=1); a.axis('off')
     im = ax[1].imshow(sim_map, cmap='jet', vmin=vmin, vmax=vmax, alpha=0.5)

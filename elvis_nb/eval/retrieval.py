@@ -14,10 +14,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from ..core import CHEXPERT_LABELS
 
 # %% auto #0
-__all__ = ['SIMILARITY_KINDS', 'SYNTH_TEXT_QUERIES', 'CONVIRT_CLASSES', 'relevance', 'precision_at_k', 'global_similarity',
-           'local_similarity', 'zscore_rows', 'combined_similarity', 'Embeddings', 'embed_images', 'embed_texts',
-           'similarity', 'RetrievalSplit', 'retrieval_split', 'dataset_labels', 'dataset_texts', 'retrieval_scores',
-           'evaluate_retrieval', 'precision_curve', 'plot_precision_curves', 'plot_retrieval_results']
+__all__ = ['TIE_RTOL', 'SIMILARITY_KINDS', 'SYNTH_TEXT_QUERIES', 'CONVIRT_CLASSES', 'relevance', 'precision_at_k',
+           'global_similarity', 'local_similarity', 'zscore_rows', 'combined_similarity', 'Embeddings', 'embed_images',
+           'embed_texts', 'similarity', 'RetrievalSplit', 'retrieval_split', 'dataset_labels', 'dataset_texts',
+           'retrieval_scores', 'evaluate_retrieval', 'precision_curve', 'plot_precision_curves',
+           'plot_retrieval_results']
 
 # %% ../../nbs/50_eval.retrieval.ipynb #c8ef807f
 def relevance(query_class: torch.Tensor,     # [Q] long: the class index of each query (a column of `labels`)
@@ -27,18 +28,29 @@ def relevance(query_class: torch.Tensor,     # [Q] long: the class index of each
     return candidate_labels[:, query_class].T == 1
 
 # %% ../../nbs/50_eval.retrieval.ipynb #e2ac6837
+TIE_RTOL = 1e-6   # sorted scores closer than TIE_RTOL · max|s| are one tie group (float32 rounding is ~1e-7)
+
 def precision_at_k(scores: torch.Tensor,    # [Q, N] similarity of each query to each candidate
                    relevant: torch.Tensor,  # [Q, N] bool: candidate n is correct for query q
                    ks=(5, 10, 50)           # cut-offs K
                    ) -> torch.Tensor:       # [Q, len(ks)] Prec@K of every query
-    "Prec@K per query: the fraction of correct candidates among the K most similar."
+    "Prec@K per query: the fraction of correct candidates among the K most similar, ties at the K-th score shared."
     if scores.shape != relevant.shape: raise ValueError(f"scores {tuple(scores.shape)} and relevant {tuple(relevant.shape)} differ")
     n = scores.shape[1]
     if max(ks) > n: raise ValueError(f"Prec@{max(ks)} needs at least {max(ks)} candidates, got {n}")
-    top = scores.topk(max(ks), dim=1).indices             # [Q, K_max] candidates by decreasing score
-    hits = relevant.gather(1, top).float().cumsum(1)      # [Q, K_max] correct among the first r
-    k = torch.tensor(ks, device=scores.device)
-    return hits[:, k - 1] / k                              # [Q, len(ks)]
+    s, order = scores.sort(dim=1, descending=True)                                  # [Q, N] by decreasing score
+    rel = relevant.gather(1, order).to(scores.dtype)                                 # [Q, N]
+    tol = TIE_RTOL * scores.abs().amax(1, keepdim=True)                              # [Q, 1]
+    group = torch.cat([torch.zeros_like(s[:, :1], dtype=torch.long), (s[:, :-1] - s[:, 1:] > tol).long()], 1).cumsum(1)
+    size = torch.zeros_like(rel).scatter_add_(1, group, torch.ones_like(rel))        # [Q, N] ranks per tie group
+    correct = torch.zeros_like(rel).scatter_add_(1, group, rel)                      # [Q, N] correct per tie group
+    pos = torch.arange(n, device=s.device).expand_as(group)
+    first = torch.full_like(group, n).scatter_reduce_(1, group, pos, 'amin')         # [Q, N] first rank of each group
+    g = group[:, [k - 1 for k in ks]]                                                # [Q, len(ks)] group of the K-th rank
+    start = first.gather(1, g)
+    k = torch.tensor(ks, device=s.device, dtype=scores.dtype)
+    before = (rel.cumsum(1) - rel).gather(1, start)                                  # correct ranked above the group
+    return (before + (k - start) * correct.gather(1, g) / size.gather(1, g)) / k     # [Q, len(ks)]
 
 # %% ../../nbs/50_eval.retrieval.ipynb #8e14c957
 def global_similarity(query: torch.Tensor,      # [Q, D] global embeddings of the queries
