@@ -12,7 +12,8 @@ Method, written into the JSON too:
   built to the end, with glibc's `MALLOC_MMAP_THRESHOLD_` fixed at 128 kB so that freed large tensors go back
   to the system and the resident set follows the live tensors (the gradients of the inputs are included);
   CUDA: `torch.cuda.max_memory_allocated` above the memory held after building the inputs;
-- the speed-up of GLoRIA's local loss is the loop's median CPU (or CUDA wall) time over the blocked version's.
+- the speed-up of GLoRIA's local losses is the loop's median time over theirs: CPU time with one thread, wall time
+  with several threads or on CUDA (`speedup_of` names which).
 """
 from __future__ import annotations
 import argparse, json, os, platform, resource, statistics, subprocess, sys, time
@@ -23,7 +24,9 @@ SHAPES = {  # B pairs, R regions, T max tokens (lengths vary), D embedding, D_y 
     'smoke': dict(B=8, R=16, T=32, D=32, D_y=32, mean_len=20, sd_len=6),
     'paper': dict(B=48, R=19 * 19, T=97, D=768, D_y=1024, mean_len=50, sd_len=12),
 }
-LOSSES = ['infonce', 'gloria_global', 'gloria_local', 'gloria_local_loop', 'elvis_local', 'elvis_local_onehot']
+LOSSES = ['infonce', 'gloria_global', 'gloria_local', 'gloria_local_autograd', 'gloria_local_loop', 'elvis_local',
+          'elvis_local_onehot']
+BLOCKED = ('gloria_local', 'gloria_local_autograd')   # GLoRIA local losses that take a captions-per-block size
 
 
 def inputs(shape: dict, device: str):
@@ -48,6 +51,9 @@ def loss_fn(name: str, chunk_size: int = 2):
     if name == 'infonce': return lambda x: I.infonce(x['img'], x['txt'])
     if name == 'gloria_global': return lambda x: G.gloria_global_loss(x['img'], x['txt'])
     if name == 'gloria_local': return lambda x: G.gloria_local_loss(x['words'], x['mask'], x['regions'], chunk_size=chunk_size)
+    if name == 'gloria_local_autograd':   # the chapter's plain version: autograd over blocks of captions
+        return lambda x: sum(I.bidirectional_ce(10.0 * G.gloria_local_similarity_autograd(
+            x['words'], x['mask'], x['regions'], captions_per_block=chunk_size)))
     if name == 'gloria_local_loop': return lambda x: G.gloria_local_loss_loop(x['words'], x['mask'], x['regions'])
     from elvis_nb.losses import elvis as E   # the ELVIS local loss (losses-B), on given cross-attended embeddings
     cfg = E.ElvisLocalConfig(target='onehot' if name.endswith('onehot') else 'intra_modal')
@@ -74,16 +80,16 @@ def run_case(name: str, shape_name: str, device: str, repeats: int, chunk_size: 
     return dict(loss=name, shape=shape_name, device=device, repeats=repeats, value=float(loss),
                 median_ms=round(1e3 * statistics.median(wall), 2), median_cpu_ms=round(1e3 * statistics.median(cpu), 2),
                 peak_mb=round(peak, 1), sum_lengths=int(lens.sum()), threads=torch.get_num_threads(),
-                **({'chunk_size': chunk_size} if name == 'gloria_local' else {}))
+                **({'chunk_size': chunk_size} if name in BLOCKED else {}))
 
 
 def main(shapes, devices, repeats, threads, chunk_sizes=(2,), losses=None) -> dict:
     import torch
     env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': '131072', 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
     try: import elvis_nb.losses.elvis  # noqa: F401  (the ELVIS losses exist once losses-B has landed)
-    except ImportError: available = LOSSES[:4]
+    except ImportError: available = LOSSES[:5]
     else: available = LOSSES
-    cases = [(n, c) for n in (losses or available) for c in (chunk_sizes if n == 'gloria_local' else (2,))]
+    cases = [(n, c) for n in (losses or available) for c in (chunk_sizes if n in BLOCKED else (2,))]
     records = []
     for device in devices:
         for shape in shapes:
@@ -93,11 +99,12 @@ def main(shapes, devices, repeats, threads, chunk_sizes=(2,), losses=None) -> di
                 out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
                 if out.returncode: raise RuntimeError(f"case {name}/{shape}/{device}/chunk {chunk} failed:\n{out.stderr[-3000:]}")
                 records.append(json.loads(out.stdout.strip().splitlines()[-1])); print(records[-1], flush=True)
-    for r in records:   # speed-up and memory ratio of the blocked local loss over the official loop
-        base = next((b for b in records if b['loss'] == r['loss'] + '_loop' and b['shape'] == r['shape'] and b['device'] == r['device']), None)
+    for r in records:   # speed-up and memory ratio of the blocked local losses over the official loop
+        base = next((b for b in records if r['loss'] in BLOCKED and b['loss'] == 'gloria_local_loop'
+                     and b['shape'] == r['shape'] and b['device'] == r['device']), None)
         if base:
-            key = 'median_cpu_ms' if r['device'] == 'cpu' else 'median_ms'
-            r['baseline'] = base['loss']; r['speedup'] = round(base[key] / r[key], 2)
+            key = 'median_cpu_ms' if r['device'] == 'cpu' and threads == 1 else 'median_ms'   # several threads: wall time
+            r['baseline'] = base['loss']; r['speedup'] = round(base[key] / r[key], 2); r['speedup_of'] = key
             r['peak_fraction_of_baseline'] = round(r['peak_mb'] / base['peak_mb'], 3) if base['peak_mb'] > 0 else None
     return dict(method=__doc__.split('Method, written into the JSON too:')[1].strip(), shapes=SHAPES,
                 torch=torch.__version__, python=platform.python_version(), cpu_count=os.cpu_count(),

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from elvis_nb.losses.gloria import (GloriaLossConfig, gloria_global_loss, gloria_local_loss, gloria_local_loss_loop,
-                                    gloria_local_similarity, gloria_local_similarity_loop, gloria_loss)
+from elvis_nb.losses.gloria import (gloria_global_loss, gloria_local_loss, gloria_local_loss_loop, gloria_local_similarity,
+                                    gloria_local_similarity_autograd, gloria_local_similarity_loop)
 from elvis_nb.losses.infonce import infonce
 
 
@@ -35,9 +35,19 @@ def test_similarity_under_no_grad_and_more_images_than_captions():
                                    gloria_local_similarity_loop(words, mask, more))
 
 
-def test_gloria_total_and_infonce_limit():
+@pytest.mark.parametrize('captions_per_block', [1, 3, 100])
+def test_plain_autograd_similarity_equals_official_loop(captions_per_block):
+    words, mask, regions = batch(seed=7)
+    ref = gloria_local_similarity_loop(words, mask, regions)
+    ours = gloria_local_similarity_autograd(words, mask, regions, captions_per_block=captions_per_block)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+    weights = torch.randn_like(ref)   # a non-uniform upstream gradient
+    for a, b in zip(torch.autograd.grad((ours * weights).sum(), (words, regions)),
+                    torch.autograd.grad((ref * weights).sum(), (words, regions))):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_infonce_limit_of_gloria_global():
     words, mask, regions = batch()
     img, txt = regions.mean(1), words.mean(1)
-    total, parts = gloria_loss(img, txt, words, mask, regions, GloriaLossConfig(local_weight=0.5, global_weight=2.0))
-    torch.testing.assert_close(total, 2.0 * gloria_global_loss(img, txt) + 0.5 * gloria_local_loss(words, mask, regions))
     torch.testing.assert_close(infonce(img, txt, tau=0.1, lambda_i2t=0.5), gloria_global_loss(img, txt, 10.0) / 2)

@@ -14,19 +14,8 @@ import matplotlib.pyplot as plt
 from .infonce import bidirectional_ce, cosine_logits
 
 # %% auto #0
-__all__ = ['GloriaLossConfig', 'gloria_global_loss', 'gloria_attention', 'plot_word_attention', 'gloria_local_similarity_loop',
-           'gloria_local_loss_loop', 'gloria_local_similarity', 'gloria_local_loss', 'gloria_loss']
-
-# %% ../../nbs/21_losses.gloria.ipynb #d9adaa42
-@dataclass
-class GloriaLossConfig:
-    "GLoRIA's loss hyper-parameters (official `chexpert_pretrain_config.yaml`); the γ are multipliers, τ = 1/γ."
-    gamma1: float = 4.0   # attention sharpness over regions (`temp1`)
-    gamma2: float = 5.0   # word-aggregation log-sum-exp scale (`temp2`)
-    gamma3: float = 10.0  # logit scale of both contrastive losses (`temp3`), τ = 0.1
-    local_weight: float = 1.0   # weight of (local i→t + local t→i)
-    global_weight: float = 1.0  # weight of (global i→t + global t→i)
-    chunk_size: int = 2   # captions per block of the local loss: bounds its memory (see below)
+__all__ = ['gloria_global_loss', 'gloria_attention', 'plot_word_attention', 'gloria_local_similarity_loop',
+           'gloria_local_loss_loop', 'gloria_local_similarity_autograd', 'gloria_local_similarity', 'gloria_local_loss']
 
 # %% ../../nbs/21_losses.gloria.ipynb #413e2b61
 def gloria_global_loss(img_emb: torch.Tensor,  # [B, D] global image embeddings v̄
@@ -100,6 +89,25 @@ def gloria_local_loss_loop(words: torch.Tensor, word_mask: torch.Tensor, regions
     "GLoRIA's local loss through the official per-caption loop (baseline; see `gloria_local_loss`)."
     l_i2t, l_t2i = bidirectional_ce(gamma3 * gloria_local_similarity_loop(words, word_mask, regions, gamma1, gamma2))
     return l_i2t + l_t2i
+
+# %% ../../nbs/21_losses.gloria.ipynb #4aa1fea2
+def gloria_local_similarity_autograd(words: torch.Tensor,      # [B_t, T, D] word embeddings e
+                                     word_mask: torch.Tensor,  # [B_t, T] bool, True for the words used
+                                     regions: torch.Tensor,    # [B_i, R, D] region embeddings v
+                                     gamma1: float = 4.0, gamma2: float = 5.0,
+                                     captions_per_block: int = 8,  # C: captions scored against all images at once
+                                    ) -> torch.Tensor:         # Z [B_i, B_t]
+    "Z(image, caption) for all pairs, C captions at a time, in plain tensor code that autograd differentiates."
+    columns = []
+    for c0 in range(0, words.shape[0], captions_per_block):
+        E, m = words[c0:c0 + captions_per_block], word_mask[c0:c0 + captions_per_block]   # [C, T, D], [C, T]
+        s = torch.einsum('ctd,ard->actr', E, regions)              # [B_i, C, T, R] s = e_i · v_j
+        s = s.masked_fill(~m[None, :, :, None], _neg(s.dtype))     # padded words leave the word softmax
+        a = (gamma1 * s.softmax(dim=2)).softmax(dim=-1)            # a = softmax_j(γ1 softmax_i(s))
+        c = torch.einsum('actr,ard->actd', a, regions)             # [B_i, C, T, D] c_i = Σ_j a_ij v_j
+        logit = (gamma2 * _cos_eps(c, E[None])).masked_fill(~m[None], _neg(c.dtype))   # [B_i, C, T] γ2 cos(c_i, e_i)
+        columns.append(torch.logsumexp(logit, dim=-1))             # [B_i, C] Z = log Σ_i exp(γ2 cos)
+    return torch.cat(columns, dim=1)
 
 # %% ../../nbs/21_losses.gloria.ipynb #b83158da
 def _extent(word_mask: torch.Tensor) -> torch.Tensor:
@@ -228,19 +236,3 @@ def gloria_local_loss(words: torch.Tensor, word_mask: torch.Tensor, regions: tor
         raise ValueError(f"the local loss pairs caption b with image b: got {words.shape[0]} captions and {regions.shape[0]} images")
     l_i2t, l_t2i = bidirectional_ce(gamma3 * gloria_local_similarity(words, word_mask, regions, gamma1, gamma2, chunk_size))
     return l_i2t + l_t2i
-
-# %% ../../nbs/21_losses.gloria.ipynb #eed44a6c
-def gloria_loss(img_emb: torch.Tensor,    # [B, D] global image embeddings
-                txt_emb: torch.Tensor,    # [B, D] global report embeddings
-                words: torch.Tensor,      # [B, T, D] word embeddings
-                word_mask: torch.Tensor,  # [B, T] bool
-                regions: torch.Tensor,    # [B, R, D] region embeddings
-                config: GloriaLossConfig | None = None,
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # total, its four components
-    "GLoRIA's training loss and its named components (each direction of each loss, unweighted)."
-    c = config or GloriaLossConfig()
-    g_i2t, g_t2i = bidirectional_ce(cosine_logits(img_emb, txt_emb, tau=1 / c.gamma3))
-    Z = gloria_local_similarity(words, word_mask, regions, c.gamma1, c.gamma2, c.chunk_size)
-    l_i2t, l_t2i = bidirectional_ce(c.gamma3 * Z)
-    parts = dict(global_i2t=g_i2t, global_t2i=g_t2i, local_i2t=l_i2t, local_t2i=l_t2i)
-    return c.global_weight * (g_i2t + g_t2i) + c.local_weight * (l_i2t + l_t2i), parts
