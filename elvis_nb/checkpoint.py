@@ -17,7 +17,7 @@ from .core import repo_root
 
 # %% auto #0
 __all__ = ['FORMAT', 'pack', 'unpack', 'rng_state', 'set_rng_state', 'code_version', 'save_checkpoint', 'CheckpointError',
-           'check_finite', 'read_safetensors', 'checkpoint_info', 'load_checkpoint']
+           'check_finite_tensors', 'read_safetensors', 'checkpoint_info', 'load_checkpoint']
 
 # %% ../nbs/06_checkpoint.ipynb #d988dcf0
 def pack(obj, prefix: str = '') -> tuple[object, dict[str, torch.Tensor]]:
@@ -96,7 +96,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer=None, sc
 class CheckpointError(ValueError):
     "A checkpoint file or folder that cannot be loaded; the message names it and says what was expected."
 
-def check_finite(tensors: dict[str, torch.Tensor], where) -> None:
+def check_finite_tensors(tensors: dict[str, torch.Tensor], where) -> None:
     "CheckpointError naming `where` and the first floating tensor of `tensors` holding NaN or ±inf."
     bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
@@ -112,7 +112,7 @@ def read_safetensors(path: str | Path, device: str = 'cpu', header_only: bool = 
         tensors = {} if header_only else load_file(str(path), device=str(device))
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); truncated or corrupt?") from e
-    check_finite(tensors, path)
+    check_finite_tensors(tensors, path)
     return tensors, meta
 
 def _meta_json(meta: dict, key: str, path: Path):

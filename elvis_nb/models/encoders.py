@@ -15,7 +15,7 @@ from torch import nn
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, BertTokenizerFast, ResNetConfig, ResNetModel
 
-from ..checkpoint import CheckpointError, check_finite
+from ..checkpoint import CheckpointError, check_finite_tensors
 from ..core import Profile, cache_dir, repo_root
 
 # %% auto #0
@@ -57,7 +57,7 @@ def pretrained_weights(model_cls, folder: Path, what: str, **kw) -> nn.Module:
             "; expected model.safetensors and config.json"))
     try: model = model_cls.from_pretrained(folder, use_safetensors=True, **kw)
     except Exception as e: raise CheckpointError(f"{what} {folder}: cannot load its weights ({type(e).__name__}: {e})") from e
-    check_finite(model.state_dict(), f"{what} {folder}")
+    check_finite_tensors(model.state_dict(), f"{what} {folder}")
     return model
 
 def resnet_backbone(spec: str, weights: str | None = None) -> tuple[ResNetModel, bool]:
@@ -173,7 +173,7 @@ def bert_backbone(spec: str) -> tuple[nn.Module, BertTokenizerFast, bool]:
         except Exception as e: raise CheckpointError(f"text encoder {local}: no usable tokenizer files ({type(e).__name__}: {e})") from e
     try:
         model = AutoModel.from_pretrained(spec, add_pooling_layer=False, use_safetensors=True)
-        check_finite(model.state_dict(), f"text encoder {spec}")
+        check_finite_tensors(model.state_dict(), f"text encoder {spec}")
         return model, AutoTokenizer.from_pretrained(spec), True
     except OSError as e:
         raise FileNotFoundError(
