@@ -145,6 +145,7 @@ class RealDataset(Dataset):
         self.data_root = Path(data_root)
         if not str(data_root) or not self.data_root.is_dir():
             raise DataError(f"{type(self).__name__}: data_root {str(data_root)!r} is not a folder (see the chapter for the expected layout)")
+        if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction}")   # NaN too
         self.geometry_mode, self.crop_resize = geometry, crop_resize
         self.problems, self.dropped = Problems(type(self).__name__, on_error), Counter()
         records = self._records()
@@ -359,6 +360,7 @@ class MSCXR(RealDataset):
     def _records(self) -> pd.DataFrame:
         df = read_table(self.csv, _MS_CXR_COLUMNS)
         if 'split' in df.columns:
+            df = check_rows(df, self.csv, self.problems, 'dicom_id', domain={'split': tuple(_SPLITS)})
             if self.split != 'all': df = df[df.split.map(normalize_split) == self.split]
         elif self.split not in ('test', 'all'):
             raise DataError(f"{self.csv} has no 'split' column (MS-CXR v1.0): only split='test' (all rows) exists; v1.1 adds train/val")
@@ -446,7 +448,8 @@ class RSNAPneumonia(RealDataset):
         both = neg.patientId.isin(set(pos.patientId))
         self.problems.report('bad value', [f"{csv} row {i + 2} (patientId {r.patientId!r}): Target = 0 but the patient also has "
                                            "Target = 1 rows" for i, r in neg[both].iterrows()])
-        pos = check_rows(keep_whole(raw[pd.to_numeric(raw.Target, errors='coerce') != 0], pos[~bad], ['patientId']), csv, self.problems,
+        good = pos[~bad & ~pos.patientId.isin(set(neg.patientId[both]))]        # contradictory rows: the patient goes
+        pos = check_rows(keep_whole(raw[pd.to_numeric(raw.Target, errors='coerce') != 0], good, ['patientId']), csv, self.problems,
                          'patientId', unique=['patientId', 'x', 'y', 'width', 'height'])      # a patient loses no box silently
         neg = check_rows(neg[~both], csv, self.problems, 'patientId', unique=['patientId'])
         df = pd.concat([pos, neg])
@@ -551,11 +554,13 @@ def _fits(rle: str, convention: str, n_pixels: int) -> bool:
     return not len(s) or int((s + l).max()) <= n_pixels
 
 def detect_rle_convention(rles: Iterable[str], n_pixels: int, hint: str | None = None) -> str:
-    "'relative' (SIIM stage 1) or 'absolute' (stage 2): the one more rows of the whole file fit; `hint` (the documented format) breaks ties."
+    "'relative' (SIIM stage 1) or 'absolute' (stage 2) from every row: the documented format `hint` unless most rows contradict it, else the one more rows fit."
     fits = np.array([(_fits(r, 'relative', n_pixels), _fits(r, 'absolute', n_pixels)) for r in rles], bool).reshape(-1, 2)
-    only = (fits & ~fits[:, ::-1]).sum(0)                 # rows only one convention explains: [relative, absolute]
-    if only[0] != only[1]: return 'relative' if only[0] > only[1] else 'absolute'
-    if hint and fits.any(): return hint
+    share = dict(zip(('relative', 'absolute'), fits.mean(0) if len(fits) else (1.0, 1.0)))   # share of the rows each decodes
+    if hint in share:
+        other = 'absolute' if hint == 'relative' else 'relative'
+        return other if share[hint] < 0.5 and share[other] > share[hint] else hint   # e.g. a stage-2 file under stage 1's name
+    if share['relative'] != share['absolute']: return max(share, key=share.get)
     raise DataError("cannot tell the RLE convention: " + ("no row fits either" if not fits.any() else "the rows fit both equally; pass rle_convention="))
 
 # %% ../../nbs/12_data.real.ipynb #0b75a840
@@ -661,12 +666,12 @@ class COVIDRural(RealDataset):
     @staticmethod
     def patient(image_id: str) -> str: return image_id.split('_')[0]
 
-    def _split_file(self, path: Path, present: set) -> list[str]:
-        "The IDs of one LoVT split CSV, checked: none empty or repeated, each with its image and mask (`present`)."
+    def _split_file(self, path: Path, present: set, masked: set) -> list[str]:
+        "The IDs of one LoVT split CSV, checked: none empty or repeated, each with image and mask (`present`; a lone mask is reported already)."
         t = check_rows(read_table(path, ['ID']), path, self.problems, 'ID', unique=['ID'])
         lost = ~t.ID.isin(present)
-        self.problems.report('missing file', [f"{path} row {i + 2}: ID {v!r} has no image in jpgs/ or no mask in pngs_masks/"
-                                              for i, v in t.ID[lost].items()])
+        self.problems.report('missing file', [f"{path} row {i + 2}: ID {v!r} has no mask in pngs_masks/"
+                                              for i, v in t.ID[~t.ID.isin(masked)].items()])
         return t.ID[~lost].tolist()
 
     def _records(self) -> pd.DataFrame:
@@ -677,7 +682,7 @@ class COVIDRural(RealDataset):
         ids = sorted(k for k in masks if k in images)
         sd = Path(self.split_dir) if self.split_dir else self.data_root
         if (sd / 'train.csv').is_file():
-            parts = {s: self._split_file(sd / f, images.keys() & masks.keys()) for s, f in _COVID_SPLITS}
+            parts = {s: self._split_file(sd / f, images.keys() & masks.keys(), masks.keys()) for s, f in _COVID_SPLITS}
             where = {}
             for s, f in _COVID_SPLITS:
                 for i in parts[s]: where.setdefault(i, []).append(f)
