@@ -164,6 +164,8 @@ CASES = [
     ('mimic-split-csv-missing', 'mimic', lambda r: mimic_csv(r, 'split').unlink(), mimic(), E(DataError, "expected one of ['mimic-cxr-2.0.0-split.csv'")),
     ('mimic-split-csv-corrupt', 'mimic', lambda r: mimic_csv(r, 'split').write_bytes(b'\x1f\x8b\x08garbage'), mimic(),
      E(DataError, 'unreadable CSV', 'split.csv.gz')),
+    ('mimic-metadata-not-utf8', 'mimic', lambda r: mimic_csv(r, 'metadata').write_bytes(mimic_csv(r, 'metadata').read_bytes() + b'd9,1,1,P\xe9,40,32\n'),
+     mimic(), E(DataError, 'unreadable CSV', 'metadata.csv', 'UnicodeDecodeError')),
     ('mimic-view-empty-is-filtered', 'mimic', lambda r: edit(mimic_csv(r, 'metadata'), cell(2, 'ViewPosition', '')), mimic(),
      V(lambda ds: ids(ds) == ['d1', 'd4'] and ds.dropped['non-frontal images'] == 2)),
     # MS-CXR boxes
@@ -222,7 +224,7 @@ CASES = [
     ('siim1-zero-length', 'siim1', lambda r: edit(siim_csv(r, 1), cell(3, ' EncodedPixels', ' 5 0')), siim(), S('bad RLE', 'RLE run 1: length 0')),
     ('siim1-odd-count', 'siim1', lambda r: edit(siim_csv(r, 1), cell(3, ' EncodedPixels', ' 5 3 2')), siim(), S('bad RLE', 'odd number of values (3)')),
     ('siim1-run-past-1024x1024', 'siim1', lambda r: edit(siim_csv(r, 1), cell(3, ' EncodedPixels', ' 1048570 10')), siim(),
-     S('bad RLE', 'past the 1048576 pixels of a 1024×1024 image')),
+     S('bad RLE', 'run ends at pixel 1048580, past the 1048576 pixels')),
     ('siim1-first-row-looks-absolute', 'siim1', lambda r: edit(siim_csv(r, 1), cell(0, ' EncodedPixels', ' 1048000 100 1048200 100')), siim(),
      S('bad RLE', f"row 2 (ImageId '{SIIM}0')", check=lambda ds: ds.convention == 'relative' and siim_mask_ok(ds, f'{SIIM}2'))),
     ('siim1-first-row-not-a-number', 'siim1', lambda r: edit(siim_csv(r, 1), cell(0, ' EncodedPixels', ' abc')), siim(),

@@ -24,9 +24,9 @@ __all__ = ['CHEXPERT_VALUES', 'CONVIRT_8', 'TASKS', 'find_file', 'read_table', '
            'mimic_report_path', 'section_reports', 'write_sections_csv', 'MimicCXR', 'build_5x200',
            'write_fixture_mimic', 'find_ms_cxr_csv', 'MSCXR', 'write_fixture_ms_cxr', 'plot_grounding_item',
            'RSNAPneumonia', 'write_fixture_rsna', 'rle_values', 'rle_runs', 'runs_to_mask', 'rle_decode', 'rle_encode',
-           'detect_rle_convention', 'SIIMPneumothorax', 'fixture_siim_masks', 'write_fixture_siim', 'patient_split',
-           'COVIDRural', 'write_fixture_covid', 'read_convirt_queries', 'CheXpertImages', 'write_fixture_chexpert',
-           'detect_dataset', 'load_task_dataset']
+           'rle_problem', 'detect_rle_convention', 'SIIMPneumothorax', 'fixture_siim_masks', 'write_fixture_siim',
+           'patient_split', 'COVIDRural', 'write_fixture_covid', 'read_convirt_queries', 'CheXpertImages',
+           'write_fixture_chexpert', 'detect_dataset', 'load_task_dataset']
 
 # %% ../../nbs/12_data.real.ipynb #e8ace531
 def find_file(root: str | Path, *names: str) -> Path:
@@ -547,15 +547,16 @@ def rle_encode(mask: np.ndarray, convention: str) -> str:
     return ' '.join(map(str, np.stack([s, lengths], 1).ravel()))
 
 # %% ../../nbs/12_data.real.ipynb #c1e957bf
-def _fits(rle: str, convention: str, n_pixels: int) -> bool:
-    "Whether `rle` is a valid encoding in `convention` of a mask of `n_pixels` pixels."
+def rle_problem(rle: str, convention: str, n_pixels: int) -> str:
+    "What is wrong with `rle` as an encoding in `convention` of a mask of `n_pixels` pixels ('' when nothing)."
     try: s, l = rle_runs(rle, convention)
-    except DataError: return False
-    return not len(s) or int((s + l).max()) <= n_pixels
+    except DataError as e: return str(e)
+    end = int((s + l).max()) if len(s) else 0
+    return f"run ends at pixel {end}, past the {n_pixels} pixels of the image" if end > n_pixels else ''
 
 def detect_rle_convention(rles: Iterable[str], n_pixels: int, hint: str | None = None) -> str:
     "'relative' (SIIM stage 1) or 'absolute' (stage 2) from every row: the documented format `hint` unless most rows contradict it, else the one more rows fit."
-    fits = np.array([(_fits(r, 'relative', n_pixels), _fits(r, 'absolute', n_pixels)) for r in rles], bool).reshape(-1, 2)
+    fits = np.array([[not rle_problem(r, c, n_pixels) for c in ('relative', 'absolute')] for r in rles], bool).reshape(-1, 2)
     share = dict(zip(('relative', 'absolute'), fits.mean(0) if len(fits) else (1.0, 1.0)))   # share of the rows each decodes
     if hint in share:
         other = 'absolute' if hint == 'relative' else 'relative'
@@ -587,7 +588,7 @@ class SIIMPneumothorax(RealDataset):
                                                                    hint='relative' if stage1 or csv.name == 'train-rle.csv' else 'absolute')
         every = sorted(set(df.ImageId.dropna()))       # the split is of every ImageId in the file: a bad row moves no one else
         df = check_rows(df, csv, self.problems, 'ImageId')
-        bad = [(i, e) for i, r in df.EncodedPixels.items() if r != '-1' and (e := self._rle_problem(r, n_pixels))]
+        bad = [(i, e) for i, r in df.EncodedPixels.items() if r != '-1' and (e := rle_problem(r, self.convention, n_pixels))]
         self.problems.report('bad RLE', [f"{csv} row {i + 2} (ImageId {df.at[i, 'ImageId']!r}): EncodedPixels: {e}" for i, e in bad])
         mixed = df.ImageId.isin(set(df.ImageId[df.EncodedPixels == '-1'])) & df.ImageId.isin(set(pos.ImageId))
         self.problems.report('bad value', [f"{csv} row {i + 2} (ImageId {r.ImageId!r}): EncodedPixels = '-1' (no pneumothorax) but the "
@@ -606,13 +607,6 @@ class SIIMPneumothorax(RealDataset):
         self.problems.report('missing file', [f"{i}.dcm (ImageId {i}: no .dcm/.png anywhere under {self.data_root})" for i in ids if i not in files])
         ids = [i for i in ids if i in files]
         return pd.DataFrame({'id': ids, 'path': [files[i] for i in ids], 'group': ids, 'rles': [rles[i] for i in ids]})
-
-    def _rle_problem(self, rle: str, n_pixels: int) -> str:
-        "What is wrong with one RLE string in this file's convention ('' when nothing)."
-        try: s, l = rle_runs(rle, self.convention)
-        except DataError as e: return str(e)
-        end = int((s + l).max()) if len(s) else 0
-        return f"run ends at pixel {end}, past the {n_pixels} pixels of a {self.image_size[0]}×{self.image_size[1]} image" if end > n_pixels else ''
 
     def _item(self, row) -> dict:
         img = read_image(row.path)
