@@ -415,7 +415,7 @@ masks = st.integers(1, 12).flatmap(lambda h: st.integers(1, 12).flatmap(
     lambda w: st.lists(st.booleans(), min_size=h * w, max_size=h * w).map(lambda v: np.array(v).reshape(h, w))))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(masks, st.sampled_from(['relative', 'absolute']))
 def test_rle_round_trip_and_reference_decoder(mask, convention):
     rle = R.rle_encode(mask, convention)
@@ -425,7 +425,7 @@ def test_rle_round_trip_and_reference_decoder(mask, convention):
         assert np.array_equal(reference_rle2mask(rle, W, H, convention), mask)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(-3, 40), min_size=1, max_size=8), st.sampled_from(['relative', 'absolute']))
 def test_rle_invalid_values_never_silently_accepted(values, convention):
     "Any integer pairs: either a DataError, or exactly what the reference decoder paints (and then every run is valid)."
@@ -476,7 +476,7 @@ sentences = st.lists(st.one_of(words, numbers), min_size=1, max_size=8).map(' '.
     lambda s: st.sampled_from(['.', '!', '?']).map(lambda p: s[0].upper() + s[1:] + p))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(sentences, min_size=1, max_size=5), st.sampled_from([' ', '\n', '  ', '\n \n']))
 def test_sentences_keep_numbers_and_lose_no_character(parts, sep):
     text = sep.join(parts)
