@@ -16,8 +16,8 @@ import elvis_nb
 from .core import repo_root
 
 # %% auto #0
-__all__ = ['FORMAT', 'pack', 'unpack', 'rng_state', 'set_rng_state', 'code_version', 'save_checkpoint', 'checkpoint_info',
-           'load_checkpoint']
+__all__ = ['FORMAT', 'pack', 'unpack', 'rng_state', 'set_rng_state', 'code_version', 'save_checkpoint', 'CheckpointError',
+           'check_finite_tensors', 'read_safetensors', 'checkpoint_info', 'load_checkpoint']
 
 # %% ../nbs/06_checkpoint.ipynb #d988dcf0
 def pack(obj, prefix: str = '') -> tuple[object, dict[str, torch.Tensor]]:
@@ -93,23 +93,54 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer=None, sc
     return path
 
 # %% ../nbs/06_checkpoint.ipynb #3d5eecbd
+class CheckpointError(ValueError):
+    "A checkpoint file or folder that cannot be loaded; the message names it and says what was expected."
+
+def check_finite_tensors(tensors: dict[str, torch.Tensor], where) -> None:
+    "CheckpointError naming `where` and the first floating tensor of `tensors` holding NaN or ±inf."
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        n = int((~torch.isfinite(tensors[bad])).sum())
+        raise CheckpointError(f"{where}: tensor {bad!r} holds {n} non-finite value(s) (NaN or ±inf); expected finite weights")
+
+def read_safetensors(path: str | Path, device: str = 'cpu', header_only: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    "(tensors, metadata) of safetensors file `path`, the tensors checked finite; errors name the file."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework='pt') as f: meta = f.metadata() or {}
+        tensors = {} if header_only else load_file(str(path), device=str(device))
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); truncated or corrupt?") from e
+    check_finite_tensors(tensors, path)
+    return tensors, meta
+
+def _meta_json(meta: dict, key: str, path: Path):
+    "One JSON field of a checkpoint's header, with an error naming the file and the field."
+    try: return json.loads(meta[key])
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: header field {key!r} missing or not valid JSON ({type(e).__name__}: {e})") from e
+
 def checkpoint_info(path: str | Path) -> dict:
     "Header of checkpoint `path`: format, step, config and code version (no tensors are read)."
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"no checkpoint at {path}")
-    with safe_open(str(path), framework='pt') as f: meta = f.metadata() or {}
+    _, meta = read_safetensors(path, header_only=True)
     if meta.get('format') != FORMAT:
-        raise ValueError(f"{path} is not an elvis_nb training checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
-    return {'format': meta['format'], 'step': int(meta['step']), 'config': json.loads(meta['config']),
-            'code_version': meta['code_version']}
+        raise CheckpointError(f"{path} is not an elvis_nb training checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
+    return {'format': meta['format'], 'step': int(meta.get('step', 0)), 'config': _meta_json(meta, 'config', path),
+            'code_version': meta.get('code_version', '?')}
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer=None, scheduler=None, scaler=None,
                     restore_rng: bool = True, map_location: str | torch.device = 'cpu') -> dict:
     "Restore `path` into the given objects (in place); return `{'step', 'config', 'code_version', 'extra'}`."
     info = checkpoint_info(path)
-    with safe_open(str(path), framework='pt') as f: skeleton = json.loads(f.metadata()['state'])
-    state = unpack(skeleton, load_file(str(path), device=str(map_location)))
-    model.load_state_dict(state['model'])
+    tensors, meta = read_safetensors(path, map_location)
+    state = unpack(_meta_json(meta, 'state', path), tensors)
+    try: model.load_state_dict(state['model'])
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if '\n' in str(e) else str(e)
+        raise CheckpointError(f"{path} holds the weights of another model (its config: method {info['config'].get('method', '?')!r}, "
+                              f"profile {info['config'].get('profile', '?')!r}) than the {type(model).__name__} given: {first[:300]}") from e
     for obj, key in ((optimizer, 'optimizer'), (scheduler, 'scheduler'), (scaler, 'scaler')):
         if obj is not None and state[key] is not None: obj.load_state_dict(state[key])
     if restore_rng: set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state['rng'].items()})

@@ -201,14 +201,13 @@ def _num(v: str):
 class NonFiniteLossError(RuntimeError):
     "The loss became NaN or infinite; training stopped without writing a checkpoint."
 
-def check_finite(loss: torch.Tensor, components: dict[str, torch.Tensor], step: int, last_checkpoint: str | None) -> None:
-    "Raise `NonFiniteLossError` naming `step` and the first non-finite component when `loss` is not finite (on any rank)."
+def check_finite(loss: torch.Tensor, components: dict[str, torch.Tensor], step: int, kept: str) -> None:
+    "Raise `NonFiniteLossError` naming `step`, the first non-finite component and what is `kept` on disk when `loss` is not finite (on any rank)."
     bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
     if is_distributed(): torch.distributed.all_reduce(bad)
     if not bad.item(): return
     name = next((k for k, v in components.items() if not torch.isfinite(v.detach()).all()), 'loss')
     value = components.get(name, loss).detach().float().item()
-    kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint had been written yet"
     raise NonFiniteLossError(f"non-finite loss at step {step}: component {name!r} = {value} (rank {get_rank()}); "
                              f"training stopped, {kept}")
 
@@ -329,16 +328,27 @@ def train(cfg: TrainConfig, method: nn.Module | None = None, datasets: tuple[Dat
         if world > 1: torch.manual_seed(cfg.seed * 7919 + get_rank() + 104_729 * step)  # the checkpoint holds rank 0's RNG
     if step == 0 and main: best.unlink(missing_ok=True)              # a fresh run: no stale best from an older one
     log = MetricsLog(out / 'metrics.csv', resume_step=step if step else -1, enabled=main)
-    has_ckpt = last.exists()
+    on_disk = {'last_step': step if last.exists() else None, 'validated': False}   # what last.safetensors holds
+
+    def kept() -> str:  # what a stopped run leaves, in words; "good" only for a finite validation
+        good = (f"the best checkpoint, validation loss {state['best_val']['loss']:.4g}, is {best}" if state['best_val'] and best.exists()
+                else "no checkpoint has a finite validation loss yet")
+        return good + (f"; {last} holds step {on_disk['last_step']}, {'validated' if on_disk['validated'] else 'not validated'}"
+                       if on_disk['last_step'] is not None else '')
 
     def checkpoint(path):  # rank 0 writes; every rank waits so no one races ahead of a half-written file
         if main: save_checkpoint(path, method, opt, sched, scaler, step=step, config=cfg_dict, extra=state)
         if is_distributed(): torch.distributed.barrier()
 
+    def save_last(validated: bool):
+        checkpoint(last); on_disk.update(last_step=step, validated=validated)
+
     def validate(epoch):
-        nonlocal has_ckpt
         val = validation_loss(method, val_ds, cfg, device)
         log.log({'step': step, 'epoch': epoch, 'split': 'val', **val})
+        if not math.isfinite(val['loss']):                 # never exported, never "best", never written
+            raise NonFiniteLossError(f"non-finite validation loss at step {step}: {val['loss']}; training stopped, "
+                                     f"nothing exported; {kept()}")
         if cfg.scheduler == 'plateau': sched.step(val['loss'])
         state['last_val'] = val
         if not state['best_val'] or val['loss'] < state['best_val']['loss']:
@@ -346,7 +356,7 @@ def train(cfg: TrainConfig, method: nn.Module | None = None, datasets: tuple[Dat
             checkpoint(best)
         else: state['bad_validations'] += 1
         if state['bad_validations'] >= cfg.early_stop_patience: state['stopped'] = 'early_stop'
-        checkpoint(last); has_ckpt = True
+        save_last(validated=True)
 
     if step == 0 and cfg.val_at_start:
         state['initial_val'] = validation_loss(method, val_ds, cfg, device)
@@ -372,7 +382,7 @@ def train(cfg: TrainConfig, method: nn.Module | None = None, datasets: tuple[Dat
                     sync = k == accum - 1 or world == 1
                     with (nullcontext() if sync else model.no_sync()):
                         outp = forward_loss(model, images, tokens, device, cfg.precision)
-                        check_finite(outp.loss, outp.components, step + 1, str(last) if has_ckpt else None)
+                        check_finite(outp.loss, outp.components, step + 1, kept())
                         scaler.scale(outp.loss / accum).backward()
                     for name, v in {'loss': outp.loss, **outp.components}.items():
                         window['sums'][name] = window['sums'].get(name, 0.0) + float(v.detach()) / accum
@@ -395,7 +405,7 @@ def train(cfg: TrainConfig, method: nn.Module | None = None, datasets: tuple[Dat
                 end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
                 if (cfg.val_every and step % cfg.val_every == 0) or (not cfg.val_every and end_of_epoch) or step == total_steps:
                     validate(epoch)
-                elif step % cfg.checkpoint_every == 0: checkpoint(last); has_ckpt = True
+                elif step % cfg.checkpoint_every == 0: save_last(validated=False)
                 if step >= total_steps or state['stopped']: break
         if not state['stopped']: state['stopped'] = 'max_steps' if cfg.max_steps and step >= cfg.max_steps else 'epochs'
         if not state['last_val']: validate(max(0, (step - 1) // steps_per_epoch))

@@ -137,9 +137,31 @@ def test_nan_stops_with_step_and_component_and_keeps_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match='non-finite loss at step 3') as e:
         train(cfg, method=method)
     last = tmp_path / 'checkpoints' / 'last.safetensors'
-    assert f"component '{calls['name']}'" in str(e.value) and str(last) in str(e.value)
+    assert f"component '{calls['name']}'" in str(e.value) and f"{last} holds step 2, not validated" in str(e.value)
     assert checkpoint_info(last)['step'] == 2
     assert all(torch.isfinite(v).all() for v in _weights(last).values())
+
+
+def test_nan_validation_is_never_best_nor_exported(tmp_path):
+    "A finite training loss but a NaN validation loss: the run stops, `best` stays the last finite validation, no model/."
+    from elvis_nb.models.methods import build_method
+    method = build_method('convirt', get_profile('smoke'))
+    forward, calls = method.forward, {'train': 0}
+
+    def poisoned(images, tokens):
+        out = forward(images, tokens)
+        if method.training: calls['train'] += 1; return out
+        if calls['train'] < 2: return out
+        return dataclasses.replace(out, loss=out.loss * float('nan'))
+
+    method.forward = poisoned
+    cfg = TrainConfig(method='convirt', profile='smoke', out_dir=str(tmp_path), max_steps=4, epochs=3, val_every=1, progress=False)
+    with pytest.raises(NonFiniteLossError, match='non-finite validation loss at step 2: nan') as e:
+        train(cfg, method=method)
+    best = tmp_path / 'checkpoints' / 'best.safetensors'
+    assert checkpoint_info(best)['step'] == 1 and f"the best checkpoint, validation loss" in str(e.value) and str(best) in str(e.value)
+    assert checkpoint_info(tmp_path / 'checkpoints' / 'last.safetensors')['step'] == 1    # the NaN state is never written
+    assert not (tmp_path / 'model').exists() and not (tmp_path / 'train_summary.json').exists()
 
 
 def test_bad_paths_reported_before_training(tmp_path):

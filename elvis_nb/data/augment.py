@@ -92,7 +92,7 @@ def augment_text(texts: list[str], cfg: AugmentConfig, g: torch.Generator) -> li
         if len(s) > 1 and float(torch.rand(1, generator=g)) < cfg.swap_prob:
             i, j = torch.randperm(len(s), generator=g)[:2].tolist()
             s[i], s[j] = s[j], s[i]
-        out.append('. '.join(s) + '.')
+        out.append(' '.join(s))                    # the sentences keep their own full stops
     return out
 
 # %% ../../nbs/13_data.augment.ipynb #4ded4d81

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/12_data.real.ipynb #55ef2365
 from __future__ import annotations
-import math, os, warnings
+import math, os, re, warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -19,13 +19,14 @@ from .transforms import (DataError, apply_geometry, boxes_to_input, boxes_to_mas
                          preprocess_image, read_image, report_text, section_report, write_dicom)
 
 # %% auto #0
-__all__ = ['CONVIRT_8', 'TASKS', 'find_file', 'read_table', 'paper_split', 'rsna_holdout', 'subsample_ids', 'Problems',
-           'normalize_split', 'RealDataset', 'mimic_image_path', 'mimic_report_path', 'section_reports',
-           'write_sections_csv', 'MimicCXR', 'build_5x200', 'write_fixture_mimic', 'find_ms_cxr_csv', 'MSCXR',
-           'write_fixture_ms_cxr', 'plot_grounding_item', 'RSNAPneumonia', 'write_fixture_rsna', 'rle_runs',
-           'runs_to_mask', 'rle_decode', 'rle_encode', 'detect_rle_convention', 'SIIMPneumothorax',
-           'fixture_siim_masks', 'write_fixture_siim', 'patient_split', 'COVIDRural', 'write_fixture_covid',
-           'read_convirt_queries', 'CheXpertImages', 'write_fixture_chexpert', 'detect_dataset', 'load_task_dataset']
+__all__ = ['CHEXPERT_VALUES', 'CONVIRT_8', 'TASKS', 'find_file', 'read_table', 'paper_split', 'rsna_holdout', 'subsample_ids',
+           'Problems', 'check_rows', 'keep_whole', 'normalize_split', 'RealDataset', 'mimic_image_path',
+           'mimic_report_path', 'section_reports', 'write_sections_csv', 'MimicCXR', 'build_5x200',
+           'write_fixture_mimic', 'find_ms_cxr_csv', 'MSCXR', 'write_fixture_ms_cxr', 'plot_grounding_item',
+           'RSNAPneumonia', 'write_fixture_rsna', 'rle_values', 'rle_runs', 'runs_to_mask', 'rle_decode', 'rle_encode',
+           'rle_problem', 'detect_rle_convention', 'SIIMPneumothorax', 'fixture_siim_masks', 'write_fixture_siim',
+           'patient_split', 'COVIDRural', 'write_fixture_covid', 'read_convirt_queries', 'CheXpertImages',
+           'write_fixture_chexpert', 'detect_dataset', 'load_task_dataset']
 
 # %% ../../nbs/12_data.real.ipynb #e8ace531
 def find_file(root: str | Path, *names: str) -> Path:
@@ -93,6 +94,41 @@ class Problems:
             what = '; '.join(f"{n} × {k} (e.g. {self.examples[k]})" for k, n in self.counts.items())
             warnings.warn(f"{self.where}: skipped {sum(self.counts.values())} item(s): {what}", stacklevel=3)
 
+def _shown(v) -> str: return repr(v.item() if isinstance(v, np.generic) else v)   # 7, not np.int64(7)
+
+def check_rows(df: pd.DataFrame, path, problems: Problems, id_col: str, integer: Sequence[str] = (), number: Sequence[str] = (),
+               domain: dict | None = None, unique: Sequence[str] = ()) -> pd.DataFrame:
+    "Validate the rows of CSV `path` (index = file line − 2): each bad row reported by kind, naming row, ID, field and value; the good rows back, typed."
+    df, bad = df.copy(), pd.Series(False, index=df.index)
+    def flag(kind: str, mask: pd.Series, field: str, why) -> None:
+        mask = mask & ~bad                                                   # one report per row
+        problems.report(kind, [f"{path} row {i + 2} ({id_col} {_shown(df.at[i, id_col])}): {field} = {_shown(df.at[i, field])} "
+                               f"{why(i) if callable(why) else why}" for i in df.index[mask]])
+        bad.update(bad | mask)
+    for c in (id_col, *integer, *number): flag('missing value', df[c].isna(), c, 'is empty')
+    for c in (*integer, *number):
+        v = pd.to_numeric(df[c], errors='coerce')
+        flag('bad value', df[c].notna() & ~np.isfinite(v), c, 'is not a finite number')
+        if c in integer: flag('bad value', np.isfinite(v) & (v != v.round()), c, 'is not an integer')
+        df[c] = v
+    for c, allowed in (domain or {}).items():
+        v = pd.to_numeric(df[c], errors='coerce') if all(isinstance(a, (int, float)) for a in allowed) else df[c]
+        flag('bad value', df[c].notna() & ~v.isin(allowed), c, f'is not one of {list(allowed)}')
+        df[c] = v
+    if len(unique):
+        first = df.reset_index().groupby(list(unique), dropna=False)['index'].transform('first').to_numpy()
+        flag('duplicate row', pd.Series(first != df.index.to_numpy(), index=df.index), unique[0],
+             lambda i: f"repeats row {first[df.index.get_loc(i)] + 2} ({', '.join(unique)} must be unique)")
+    out = df[~bad]
+    return out.astype({c: 'int64' for c in integer}) if len(out) else out
+
+def keep_whole(before: pd.DataFrame, after: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    "The rows of `after` (a subset of `before`) whose group by `keys` lost no row: an item (a phrase, a patient) goes whole or not at all."
+    lost = before.loc[~before.index.isin(after.index), list(keys)]
+    if not len(lost): return after
+    key = lambda d: pd.Series(list(zip(*(d[k].astype(str) for k in keys))), index=d.index)
+    return after[~key(after).isin(set(key(lost)))]
+
 # %% ../../nbs/12_data.real.ipynb #98610eb5
 _SPLITS = {'train': 'train', 'val': 'val', 'valid': 'val', 'validate': 'val', 'validation': 'val', 'test': 'test', 'all': 'all'}
 
@@ -109,16 +145,21 @@ class RealDataset(Dataset):
         self.data_root = Path(data_root)
         if not str(data_root) or not self.data_root.is_dir():
             raise DataError(f"{type(self).__name__}: data_root {str(data_root)!r} is not a folder (see the chapter for the expected layout)")
+        if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction}")   # NaN too
         self.geometry_mode, self.crop_resize = geometry, crop_resize
         self.problems, self.dropped = Problems(type(self).__name__, on_error), Counter()
         records = self._records()
         if fraction < 1: records = records[records['group'].isin(subsample_ids(records['group'], fraction, seed))]
         self.records = records.reset_index(drop=True)
         if not len(self.records): raise DataError(f"{type(self).__name__}: no items for split {split!r} under {self.data_root}")
+        self.unreadable = torch.zeros(len(self.records), dtype=torch.bool).share_memory_()   # [N] set in any worker, seen here
         self.problems.warn()
 
     @property
-    def skipped(self) -> Counter: return self.problems.counts
+    def skipped(self) -> Counter:
+        "Skipped items by kind: the table's (at construction) plus unreadable items (read in any DataLoader worker)."
+        n = int(self.unreadable.sum())
+        return self.problems.counts + Counter({'unreadable item': n} if n else {})
 
     def __len__(self) -> int: return len(self.records)
 
@@ -143,11 +184,13 @@ class RealDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         for k in range(len(self)):                 # with on_error='skip', an unreadable item passes to the next one
-            row = self.records.iloc[(i + k) % len(self)]
-            try: return self._item(row)
+            j = (i + k) % len(self)
+            if self.unreadable[j]: continue
+            try: return self._item(self.records.iloc[j])
             except DataError as e:
                 if self.problems.on_error == 'raise': raise
-                self.problems.report('unreadable item', [str(e)]); self.problems.warn()
+                self.unreadable[j] = True                  # shared memory: the count reaches the parent process
+                warnings.warn(f"{type(self).__name__}: skipped an unreadable item: {e}", stacklevel=2)
         raise DataError(f"{type(self).__name__}: no readable item at all under {self.data_root}")
 
 # %% ../../nbs/12_data.real.ipynb #3ee27adc
@@ -168,7 +211,8 @@ def section_reports(reports_root: str | Path, studies: pd.DataFrame) -> pd.DataF
     for subj, study in studies[['subject_id', 'study_id']].itertuples(index=False):   # once, at construction
         path = Path(reports_root) / mimic_report_path(subj, study)
         if not path.is_file(): rows.append((study, str(path), '', '', '', 'missing')); continue
-        sec = section_report(path.read_text(errors='replace'))
+        try: sec = section_report(path.read_bytes().decode('utf-8'))
+        except UnicodeDecodeError as e: rows.append((study, f"{path} (byte {e.start}: {e.object[e.start:e.start + 1]!r})", '', '', '', 'not UTF-8')); continue
         status = 'no sections' if 'full report' in sec else 'ok' if (sec.get('findings') or sec.get('impression')) else 'neither'
         rows.append((study, str(path), sec.get('findings', ''), sec.get('impression', ''), sec.get('last_paragraph', ''), status))
     return pd.DataFrame(rows, columns=['study_id', 'path', 'findings', 'impression', 'last_paragraph', 'status'])
@@ -182,6 +226,8 @@ def write_sections_csv(data_root: str | Path, out: str | Path, reports_root: str
     return Path(out)
 
 # %% ../../nbs/12_data.real.ipynb #dae3565a
+CHEXPERT_VALUES = (1.0, 0.0, -1.0)   # positive, negative, uncertain (empty = not mentioned)
+
 class MimicCXR(RealDataset):
     "MIMIC-CXR-JPG image–report pairs: {'id', 'image' [1,S,S], 'text' (FINDINGS + IMPRESSION), 'labels' [14]}."
     def __init__(self, split: str, profile: str | Profile, seed: int = 0, data_root: str | Path = '',
@@ -201,6 +247,7 @@ class MimicCXR(RealDataset):
             sec['path'] = f"{self.sections_csv} (row for study " + sec.study_id.astype(str) + ')'
         else: sec = section_reports(self.reports_root, studies)
         self.problems.report('missing report', [f"missing report file: {p}" for p in sec.path[sec.status == 'missing']])
+        self.problems.report('bad encoding', [f"report {p} is not UTF-8 text" for p in sec.path[sec.status == 'not UTF-8']])
         self.problems.report('report without sections', [f"{p}: no section header (FINDINGS:, IMPRESSION:, ...) found"
                                                           for p in sec.path[sec.status == 'no sections']])
         sec = sec[sec.status.isin(['ok', 'neither'])]
@@ -210,9 +257,17 @@ class MimicCXR(RealDataset):
 
     def _records(self) -> pd.DataFrame:
         root = self.data_root
-        df = read_table(find_file(root, 'mimic-cxr-2.0.0-split.csv'), ['dicom_id', 'study_id', 'subject_id', 'split'])
-        meta = read_table(find_file(root, 'mimic-cxr-2.0.0-metadata.csv'), ['dicom_id', 'ViewPosition'])
-        labels = read_table(find_file(root, 'mimic-cxr-2.0.0-chexpert.csv'), ['subject_id', 'study_id', *CHEXPERT_LABELS])
+        files = [find_file(root, f'mimic-cxr-2.0.0-{t}.csv') for t in ('split', 'metadata', 'chexpert')]
+        df = read_table(files[0], ['dicom_id', 'study_id', 'subject_id', 'split'])
+        meta = read_table(files[1], ['dicom_id', 'ViewPosition'])
+        labels = read_table(files[2], ['subject_id', 'study_id', *CHEXPERT_LABELS])
+        df = check_rows(df, files[0], self.problems, 'dicom_id', integer=['study_id', 'subject_id'],
+                        domain={'split': tuple(_SPLITS)}, unique=['dicom_id'])     # a dicom_id twice: twice the image, or two splits
+        meta = check_rows(meta, files[1], self.problems, 'dicom_id', unique=['dicom_id'])
+        good = check_rows(labels, files[2], self.problems, 'study_id', integer=['subject_id', 'study_id'],
+                          domain={c: CHEXPERT_VALUES for c in CHEXPERT_LABELS}, unique=['subject_id', 'study_id'])
+        df = df[~df.study_id.isin(set(labels.study_id[~labels.index.isin(good.index)]) - set(good.study_id))]  # bad label row: drop the study
+        labels = good
         if self.split != 'all': df = df[df.split.map(normalize_split) == self.split]
         df = df.merge(meta[['dicom_id', 'ViewPosition']], on='dicom_id', how='left')
         frontal = df.ViewPosition.isin(['AP', 'PA'])
@@ -305,14 +360,17 @@ class MSCXR(RealDataset):
     def _records(self) -> pd.DataFrame:
         df = read_table(self.csv, _MS_CXR_COLUMNS)
         if 'split' in df.columns:
+            df = check_rows(df, self.csv, self.problems, 'dicom_id', domain={'split': tuple(_SPLITS)})
             if self.split != 'all': df = df[df.split.map(normalize_split) == self.split]
         elif self.split not in ('test', 'all'):
             raise DataError(f"{self.csv} has no 'split' column (MS-CXR v1.0): only split='test' (all rows) exists; v1.1 adds train/val")
-        x1, y1, x2, y2 = df.x, df.y, df.x + df.w, df.y + df.h
-        bad = (x1 < 0) | (y1 < 0) | (df.w <= 0) | (df.h <= 0) | (x2 > df.image_width) | (y2 > df.image_height)
+        good = check_rows(df, self.csv, self.problems, 'dicom_id', number=['x', 'y', 'w', 'h', 'image_width', 'image_height'])
+        out = (good.x < 0) | (good.y < 0) | (good.w <= 0) | (good.h <= 0) | (good.x + good.w > good.image_width) | (good.y + good.h > good.image_height)
         self.problems.report('box outside the image', [f"{self.csv} row {i + 2} ({r.dicom_id}): box x={r.x}, y={r.y}, w={r.w}, h={r.h} "
-                                                        f"not inside {r.image_width}×{r.image_height}" for i, r in df[bad].iterrows()])
-        df = df[~bad].assign(box=list(np.stack([x1, y1, x2, y2], 1)[~bad.to_numpy()]), path=lambda d: [str(self.data_root / p) for p in d.path])
+                                                        f"not inside {r.image_width}×{r.image_height}" for i, r in good[out].iterrows()])
+        df = check_rows(keep_whole(df, good[~out], ['dicom_id', 'label_text']), self.csv, self.problems, 'dicom_id',
+                        unique=['dicom_id', 'label_text', 'x', 'y', 'w', 'h'])
+        df = df.assign(box=list(np.stack([df.x, df.y, df.x + df.w, df.y + df.h], 1)), path=lambda d: [str(self.data_root / p) for p in d.path])
         df = self._check_files(df)
         g = df.groupby(['path', 'label_text'], sort=False)
         out = g.agg(dicom_id=('dicom_id', 'first'), category=('category_name', 'first'), W=('image_width', 'first'),
@@ -379,16 +437,27 @@ class RSNAPneumonia(RealDataset):
 
     def _records(self) -> pd.DataFrame:
         csv = find_file(self.data_root, 'stage_2_train_labels.csv')
-        df = read_table(csv, ['patientId', 'x', 'y', 'width', 'height', 'Target'])
-        pos = df[df.Target == 1]
+        raw = read_table(csv, ['patientId', 'x', 'y', 'width', 'height', 'Target'])
+        df = check_rows(raw, csv, self.problems, 'patientId', domain={'Target': (0, 1)})
+        pos = check_rows(df[df.Target == 1], csv, self.problems, 'patientId', number=['x', 'y', 'width', 'height'])
         H, W = self.max_size                      # RSNA's published size: no box can reach beyond it
         bad = (pos.x < 0) | (pos.y < 0) | (pos.width <= 0) | (pos.height <= 0) | (pos.x + pos.width > W) | (pos.y + pos.height > H)
         self.problems.report('box outside the image', [f"{csv} row {i + 2} ({r.patientId}): box x={r.x}, y={r.y}, w={r.width}, h={r.height} "
                                                         f"not inside {W}×{H}" for i, r in pos[bad].iterrows()])
-        pos = pos[~bad]
+        neg = df[df.Target == 0]
+        both = neg.patientId.isin(set(pos.patientId))
+        self.problems.report('bad value', [f"{csv} row {i + 2} (patientId {r.patientId!r}): Target = 0 but the patient also has "
+                                           "Target = 1 rows" for i, r in neg[both].iterrows()])
+        good = pos[~bad & ~pos.patientId.isin(set(neg.patientId[both]))]        # contradictory rows: the patient goes
+        pos = check_rows(keep_whole(raw[pd.to_numeric(raw.Target, errors='coerce') != 0], good, ['patientId']), csv, self.problems,
+                         'patientId', unique=['patientId', 'x', 'y', 'width', 'height'])      # a patient loses no box silently
+        neg = check_rows(neg[~both], csv, self.problems, 'patientId', unique=['patientId'])
+        df = pd.concat([pos, neg])
         boxes = pos.assign(b=list(np.stack([pos.x, pos.y, pos.x + pos.width, pos.y + pos.height], 1).astype(np.float32))).groupby('patientId').b.agg(list)
-        split_ids = paper_split(df.patientId, rsna_holdout(df.patientId.nunique()) if self.split_scheme == 'mgca' else 0.3, self.seed)
+        every = raw.patientId.dropna()                # the split is of every patient in the file: a bad row moves no one else
+        split_ids = paper_split(every, rsna_holdout(every.nunique()) if self.split_scheme == 'mgca' else 0.3, self.seed)
         ids = np.concatenate(list(split_ids.values())) if self.split == 'all' else split_ids[self.split]
+        kept = set(df.patientId); ids = [i for i in ids if i in kept]
         paths = _find_images(self.data_root / self.image_dir, ids)
         self.problems.report('missing file', [f"{self.data_root / self.image_dir}/{i}.dcm" for i in ids if i not in paths])
         ids = [i for i in ids if i in paths]
@@ -422,21 +491,40 @@ def write_fixture_rsna(root: str | Path, n: int = 10, size: int = 64, box_scale:
     return root
 
 # %% ../../nbs/12_data.real.ipynb #19d10d93
+_RLE_TOKEN = re.compile(r'[+-]?[0-9]+')
+
+def rle_values(rle: str) -> np.ndarray:
+    "The integers of an RLE string; DataError naming the first token that is not one, or an odd count."
+    tokens = str(rle).split()
+    bad = next((i for i, t in enumerate(tokens) if not _RLE_TOKEN.fullmatch(t)), None)
+    if bad is not None: raise DataError(f"RLE value {bad + 1} ({'start' if bad % 2 == 0 else 'length'}) is {tokens[bad]!r}, not an integer")
+    if len(tokens) % 2 and tokens != ['-1']: raise DataError(f"RLE has an odd number of values ({len(tokens)}): {str(rle)[:60]!r}")
+    return np.array(tokens, dtype=np.int64)
+
 def rle_runs(rle: str, convention: str) -> tuple[np.ndarray, np.ndarray]:
-    "Parse an RLE string → (0-based absolute starts, lengths) in column-major order; '-1' or '' → no runs."
-    v = np.array(rle.split(), dtype=np.int64)
-    if v.size == 0 or (v.size == 1 and v[0] == -1): return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    if v.size % 2: raise DataError(f"RLE has an odd number of values ({v.size}): {rle[:60]!r}")
+    "Parse an RLE string → (0-based absolute starts, lengths), column-major; '-1' or '' → no runs; DataError on any invalid run."
+    if convention not in ('relative', 'absolute'):
+        raise ValueError(f"unknown RLE convention {convention!r}: 'relative' (SIIM stage 1) or 'absolute' (stage 2)")
+    v = rle_values(rle)
+    if v.size == 0 or v.tolist() == [-1]: return np.zeros(0, np.int64), np.zeros(0, np.int64)
     s, l = v[0::2], v[1::2]
+    for what, x, low in (('start', s, 1 if convention == 'absolute' else 0), ('length', l, 1)):
+        if (x < low).any():
+            k = int(np.argmax(x < low))
+            raise DataError(f"RLE run {k + 1}: {'negative ' if x[k] < 0 else ''}{what} {x[k]} ({convention} RLE {what}s are ≥ {low})")
     if convention == 'relative': return np.cumsum(s) + np.cumsum(l) - l, l   # p_i = Σ_{j≤i} s_j + Σ_{j<i} ℓ_j
-    if convention == 'absolute': return s - 1, l
-    raise ValueError(f"unknown RLE convention {convention!r}: 'relative' (SIIM stage 1) or 'absolute' (stage 2)")
+    p = s - 1                                                                # absolute: 1-based starts
+    if (p[1:] < p[:-1] + l[:-1]).any():
+        k = int(np.argmax(p[1:] < p[:-1] + l[:-1])) + 1
+        raise DataError(f"RLE run {k + 1} starts at {s[k]}, {'before' if p[k] < p[k - 1] else 'inside'} run {k} "
+                        f"({s[k - 1]}…{s[k - 1] + l[k - 1] - 1}): absolute runs must be ordered and disjoint")
+    return p, l
 
 def runs_to_mask(starts: np.ndarray, lengths: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    "Paint runs (union, overlaps allowed) into a bool mask [H, W], flat index column-major."
+    "Paint runs (union; instances may overlap) into a bool mask [H, W], flat index column-major."
     H, W = shape
-    if len(starts) and (starts.min() < 0 or (starts + lengths).max() > H * W):
-        raise DataError(f"RLE runs reach pixel {int((starts + lengths).max())} outside a {H}×{W} image")
+    if len(starts) and (starts + lengths).max() > H * W:
+        raise DataError(f"RLE run ends at pixel {int((starts + lengths).max())} (1-based), past the last pixel {H * W} of a {H}×{W} image")
     d = np.zeros(H * W + 1, np.int64)
     np.add.at(d, starts, 1); np.add.at(d, starts + lengths, -1)          # +1 at each run start, −1 after its end
     return (np.cumsum(d[:-1]) > 0).reshape(W, H).T
@@ -459,19 +547,22 @@ def rle_encode(mask: np.ndarray, convention: str) -> str:
     return ' '.join(map(str, np.stack([s, lengths], 1).ravel()))
 
 # %% ../../nbs/12_data.real.ipynb #c1e957bf
+def rle_problem(rle: str, convention: str, n_pixels: int) -> str:
+    "What is wrong with `rle` as an encoding in `convention` of a mask of `n_pixels` pixels ('' when nothing)."
+    try: s, l = rle_runs(rle, convention)
+    except DataError as e: return str(e)
+    end = int((s + l).max()) if len(s) else 0
+    return f"run ends at pixel {end}, past the {n_pixels} pixels of the image" if end > n_pixels else ''
+
 def detect_rle_convention(rles: Iterable[str], n_pixels: int, hint: str | None = None) -> str:
-    "'relative' (SIIM stage 1) or 'absolute' (stage 2), from the numbers; `hint` decides when both fit."
-    abs_ok = rel_ok = True
-    for r in rles:
-        v = np.array(str(r).split(), dtype=np.int64)
-        if v.size < 2: continue
-        s, l = v[0::2], v[1::2]
-        abs_ok &= bool((s[1:] > s[:-1] + l[:-1] - 1).all() and s[-1] + l[-1] - 1 <= n_pixels)
-        rel_ok &= bool(s.sum() + l.sum() <= n_pixels)
-        if not (abs_ok and rel_ok): break
-    if abs_ok != rel_ok: return 'absolute' if abs_ok else 'relative'
-    if abs_ok and hint: return hint
-    raise DataError("cannot tell the RLE convention: " + ("no encoding fits either" if not abs_ok else "both fit; pass rle_convention="))
+    "'relative' (SIIM stage 1) or 'absolute' (stage 2) from every row: the documented format `hint` unless most rows contradict it, else the one more rows fit."
+    fits = np.array([[not rle_problem(r, c, n_pixels) for c in ('relative', 'absolute')] for r in rles], bool).reshape(-1, 2)
+    share = dict(zip(('relative', 'absolute'), fits.mean(0) if len(fits) else (1.0, 1.0)))   # share of the rows each decodes
+    if hint in share:
+        other = 'absolute' if hint == 'relative' else 'relative'
+        return other if share[hint] < 0.5 and share[other] > share[hint] else hint   # e.g. a stage-2 file under stage 1's name
+    if share['relative'] != share['absolute']: return max(share, key=share.get)
+    raise DataError("cannot tell the RLE convention: " + ("no row fits either" if not fits.any() else "the rows fit both equally; pass rle_convention="))
 
 # %% ../../nbs/12_data.real.ipynb #0b75a840
 class SIIMPneumothorax(RealDataset):
@@ -492,10 +583,20 @@ class SIIMPneumothorax(RealDataset):
             raise DataError(f"{csv}: missing column(s) ImageId / EncodedPixels; the file has {list(raw.columns)}")
         df['EncodedPixels'] = df.EncodedPixels.fillna('-1').str.strip()
         pos = df[df.EncodedPixels != '-1']
-        self.convention = self.convention or detect_rle_convention(pos.EncodedPixels, self.image_size[0] * self.image_size[1],
+        n_pixels = self.image_size[0] * self.image_size[1]
+        self.convention = self.convention or detect_rle_convention(pos.EncodedPixels, n_pixels,
                                                                    hint='relative' if stage1 or csv.name == 'train-rle.csv' else 'absolute')
+        every = sorted(set(df.ImageId.dropna()))       # the split is of every ImageId in the file: a bad row moves no one else
+        df = check_rows(df, csv, self.problems, 'ImageId')
+        bad = [(i, e) for i, r in df.EncodedPixels.items() if r != '-1' and (e := rle_problem(r, self.convention, n_pixels))]
+        self.problems.report('bad RLE', [f"{csv} row {i + 2} (ImageId {df.at[i, 'ImageId']!r}): EncodedPixels: {e}" for i, e in bad])
+        mixed = df.ImageId.isin(set(df.ImageId[df.EncodedPixels == '-1'])) & df.ImageId.isin(set(pos.ImageId))
+        self.problems.report('bad value', [f"{csv} row {i + 2} (ImageId {r.ImageId!r}): EncodedPixels = '-1' (no pneumothorax) but the "
+                                           "image also has RLE rows" for i, r in df[mixed & (df.EncodedPixels == '-1')].iterrows()])
+        df = keep_whole(raw, df.drop(index=[i for i, _ in bad]).loc[lambda d: ~mixed.reindex(d.index, fill_value=False)], ['ImageId'])
+        df = check_rows(df, csv, self.problems, 'ImageId', unique=['ImageId', 'EncodedPixels'])
         rles = df.groupby('ImageId').EncodedPixels.agg(lambda r: [x for x in r if x != '-1'])
-        split_ids = paper_split(rles.index, 0.3, self.seed)
+        split_ids = {s: np.array([i for i in ids if i in rles.index]) for s, ids in paper_split(every, 0.3, self.seed).items()}
         ids = np.concatenate(list(split_ids.values())) if self.split == 'all' else split_ids[self.split]
         if self.balance and self.split == 'train':
             positive = rles[ids].map(len) > 0
@@ -547,6 +648,8 @@ def patient_split(ids: Sequence[str], patient_of, val: float = 0.2, test: float 
     part = {**{p: 'test' for p in perm[:n_test]}, **{p: 'val' for p in perm[n_test:n_test + n_val]}}
     return {s: sorted(i for i in ids if part.get(patient_of(i), 'train') == s) for s in ('train', 'val', 'test')}
 
+_COVID_SPLITS = (('train', 'train.csv'), ('val', 'validation.csv'), ('test', 'test.csv'))   # LoVT's split files
+
 class COVIDRural(RealDataset):
     "COVID Rural opacity segmentation: {'id', 'image' [1,S,S] (equalised), 'mask' [1,S,S]}."
     def __init__(self, split: str, profile: str | Profile, seed: int = 0, data_root: str | Path = '',
@@ -557,6 +660,14 @@ class COVIDRural(RealDataset):
     @staticmethod
     def patient(image_id: str) -> str: return image_id.split('_')[0]
 
+    def _split_file(self, path: Path, present: set, masked: set) -> list[str]:
+        "The IDs of one LoVT split CSV, checked: none empty or repeated, each with image and mask (`present`; a lone mask is reported already)."
+        t = check_rows(read_table(path, ['ID']), path, self.problems, 'ID', unique=['ID'])
+        lost = ~t.ID.isin(present)
+        self.problems.report('missing file', [f"{path} row {i + 2}: ID {v!r} has no mask in pngs_masks/"
+                                              for i, v in t.ID[~t.ID.isin(masked)].items()])
+        return t.ID[~lost].tolist()
+
     def _records(self) -> pd.DataFrame:
         masks = {p.stem: p for p in (self.data_root / 'pngs_masks').glob('*.png')}
         images = {p.stem: p for p in (self.data_root / 'jpgs').glob('*.jp*g')}
@@ -565,8 +676,13 @@ class COVIDRural(RealDataset):
         ids = sorted(k for k in masks if k in images)
         sd = Path(self.split_dir) if self.split_dir else self.data_root
         if (sd / 'train.csv').is_file():
-            parts = {s: [i for i in read_table(sd / f, ['ID']).ID if i in images and i in masks]
-                     for s, f in (('train', 'train.csv'), ('val', 'validation.csv'), ('test', 'test.csv'))}
+            parts = {s: self._split_file(sd / f, images.keys() & masks.keys(), masks.keys()) for s, f in _COVID_SPLITS}
+            where = {}
+            for s, f in _COVID_SPLITS:
+                for i in parts[s]: where.setdefault(i, []).append(f)
+            twice = {i: fs for i, fs in where.items() if len(fs) > 1}
+            self.problems.report('ID in two splits', [f"{sd}: ID {i!r} is in {' and '.join(fs)}" for i, fs in sorted(twice.items())])
+            parts = {s: [i for i in p if i not in twice] for s, p in parts.items()}
         else: parts = patient_split(ids, self.patient, seed=self.seed)
         keep = ids if self.split == 'all' else parts[self.split]
         return pd.DataFrame({'id': keep, 'path': [str(images[i]) for i in keep], 'mask_path': [str(masks[i]) for i in keep],
@@ -624,14 +740,25 @@ class CheXpertImages(RealDataset):
             q = read_convirt_queries(root)
             key = 'image_query' if self.table == '8x200_query' else 'image_candidate'
             if key not in q: raise DataError(f"missing ConVIRT 8x200 file under {root}: image-retrieval/{'query' if key == 'image_query' else 'candidate'}.csv")
-            df = q[key]
-            return df.assign(category=df.Variable) if 'Variable' in df else df.assign(category=df[list(CONVIRT_8)].idxmax(axis=1))
+            path = root / 'image-retrieval' / ('query.csv' if key == 'image_query' else 'candidate.csv')
+            if key == 'image_query': return self._check(q[key], path, {'Variable': CONVIRT_8}).assign(category=lambda d: d.Variable)
+            df = self._check(q[key], path, {c: CHEXPERT_VALUES for c in CHEXPERT_LABELS if c in q[key]})
+            return df.assign(category=df[list(CONVIRT_8)].idxmax(axis=1))
         if (root / 'chexpert_5x200.csv').is_file():
-            df = read_table(root / 'chexpert_5x200.csv', ['Path', *CHEXPERT_5])
-            return df.assign(category=df[list(CHEXPERT_5)].idxmax(axis=1))
-        train = read_table(find_file(next(iter(sorted(root.glob('CheXpert-v1.0*'))), self.data_root), 'train.csv'),
-                           ['Path', 'Frontal/Lateral', *CHEXPERT_LABELS])
+            path = root / 'chexpert_5x200.csv'
+            df = read_table(path, ['Path', *CHEXPERT_5])
+            df = self._check(df, path, {c: CHEXPERT_VALUES for c in CHEXPERT_LABELS if c in df})
+            one = (df[list(CHEXPERT_5)] == 1).sum(axis=1) == 1
+            self.problems.report('bad value', [f"{path} row {i + 2} (Path {p!r}): {list(CHEXPERT_5)} = {df.loc[i, list(CHEXPERT_5)].tolist()}: "
+                                               "a 5×200 row has exactly one positive class" for i, p in df.Path[~one].items()])
+            return df[one].assign(category=lambda d: d[list(CHEXPERT_5)].idxmax(axis=1))
+        path = find_file(next(iter(sorted(root.glob('CheXpert-v1.0*'))), self.data_root), 'train.csv')
+        train = self._check(read_table(path, ['Path', 'Frontal/Lateral', *CHEXPERT_LABELS]), path, {c: CHEXPERT_VALUES for c in CHEXPERT_LABELS})
         return build_5x200(train[train['Frontal/Lateral'] == 'Frontal'], self.n_per_class, self.seed).rename(columns={'class': 'category'})
+
+    def _check(self, df: pd.DataFrame, path: Path, domain: dict) -> pd.DataFrame:
+        "A CheXpert-style table's rows checked: a Path each, once; labels in their domain."
+        return check_rows(df, path, self.problems, 'Path', domain=domain, unique=['Path'])
 
     def _records(self) -> pd.DataFrame:
         df = self._source()

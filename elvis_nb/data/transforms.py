@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['DataError', 'read_image', 'write_dicom', 'equalize_hist', 'make_geometry', 'apply_geometry', 'preprocess_image',
-           'boxes_to_input', 'boxes_to_mask', 'map_to_original', 'plot_geometry', 'normalize_section_name',
-           'section_report', 'report_text', 'split_sentences', 'collate']
+__all__ = ['ABBREVIATIONS', 'DataError', 'read_image', 'write_dicom', 'equalize_hist', 'make_geometry', 'apply_geometry',
+           'preprocess_image', 'boxes_to_input', 'boxes_to_mask', 'map_to_original', 'plot_geometry',
+           'normalize_section_name', 'section_report', 'report_text', 'split_sentences', 'collate']
 
 # %% ../../nbs/11_data.transforms.ipynb #42ac555f
 class DataError(ValueError):
@@ -37,8 +37,12 @@ def _read_raster(path: Path) -> np.ndarray:
     from PIL import Image
     with Image.open(path) as im:
         if im.mode in ('P', 'LA', 'RGBA', 'CMYK', 'YCbCr'): im = im.convert('RGB')
-        x = np.asarray(im)
-    x = x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 65535.0)
+        mode, x = im.mode, np.asarray(im)
+    if x.dtype == np.int32 and x.size and (x.min() < 0 or x.max() > 65535): x = None       # PIL's 'I': 16-bit PNGs fit, more does not
+    full = {np.dtype(bool): 1.0, np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.int32): 65535.0}
+    if x is None or x.dtype not in full:
+        raise DataError(f"{path}: unsupported pixel format (PIL mode {mode!r}): expected 1, 8 or 16 bits per channel")
+    x = x.astype(np.float32) / full[x.dtype]
     return x.mean(-1) if x.ndim == 3 else x
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -218,8 +222,23 @@ def report_text(sections: dict[str, str], fallback: bool = False) -> str:
 _NUMBERED = re.compile(r'[0-9]+\.')
 _WORD = re.compile(r'\w+')
 
-def split_sentences(text: str) -> list[str]:
-    "GLoRIA/MGCA sentence split: at 'N.' and '.', tokens `\\w+` lower-cased ASCII, sentences of ≤ 1 token dropped."
+_SENTENCE_END = re.compile(r'[.!?]+(?=\s|$)')
+ABBREVIATIONS = ('dr', 'mr', 'mrs', 'ms', 'prof', 'e.g', 'i.e', 'vs', 'approx', 'cf', 'fig', 'a.m', 'p.m')  # no sentence ends after these
+
+def _clinical_sentences(text: str) -> list[str]:
+    "Sentences ending at . ! ? before a space or the end, but not after an abbreviation or a leading list number."
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        words = text[start:m.start()].split()
+        last = words[-1].lower().lstrip('(') if words else ''
+        if m.group() == '.' and (last in ABBREVIATIONS or (len(words) == 1 and last.isdigit())): continue
+        out.append(text[start:m.end()].strip()); start = m.end()
+    return [s for s in (*out, text[start:].strip()) if s]
+
+def split_sentences(text: str, rule: str = 'clinical') -> list[str]:
+    "A report's sentences: 'clinical' (default: the text's own sentences, numbers kept) or 'gloria' (GLoRIA/MGCA's cleaned tokens)."
+    if rule == 'clinical': return _clinical_sentences(text)
+    if rule != 'gloria': raise ValueError(f"unknown sentence rule {rule!r}: 'clinical' or 'gloria'")
     pieces = [p for chunk in _NUMBERED.split(text.replace('\n', ' ')) for p in chunk.split('.')]
     tokens = [[t.encode('ascii', 'ignore').decode() for t in _WORD.findall(p.replace('\ufffd\ufffd', ' ').lower())] for p in pieces]
     sentences = [[t for t in ts if t] for ts in tokens if len(ts) > 1]

@@ -15,14 +15,15 @@ from torch import nn
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, BertTokenizerFast, ResNetConfig, ResNetModel
 
+from ..checkpoint import CheckpointError, check_finite_tensors
 from ..core import Profile, cache_dir, repo_root
 
 # %% auto #0
 __all__ = ['log', 'RESNET_PRESETS', 'RESNET50_HUB', 'SPECIAL_TOKENS', 'TOKENIZER_CORPUS', 'BERT_PRESETS', 'TEXT_LEVELS',
-           'TEXT_POOLINGS', 'local_model_dir', 'resolve_local', 'resnet_backbone', 'normalise_images', 'ImageFeatures',
-           'ImageEncoder', 'wordpiece_vocab', 'wordpiece_tokenizer', 'build_synthcxr_tokenizer',
-           'synthcxr_tokenizer_dir', 'bert_backbone', 'token_tables', 'group_index', 'aggregate', 'AttentionPool',
-           'TextFeatures', 'TextEncoder']
+           'TEXT_POOLINGS', 'local_model_dir', 'resolve_local', 'pretrained_weights', 'resnet_backbone',
+           'normalise_images', 'ImageFeatures', 'ImageEncoder', 'wordpiece_vocab', 'wordpiece_tokenizer',
+           'build_synthcxr_tokenizer', 'synthcxr_tokenizer_dir', 'bert_backbone', 'token_tables', 'group_index',
+           'aggregate', 'AttentionPool', 'TextFeatures', 'TextEncoder']
 
 # %% ../../nbs/30_models.encoders.ipynb #37b4f947
 log = logging.getLogger(__name__)
@@ -46,15 +47,28 @@ RESNET_PRESETS: dict[str, dict] = {
 }
 RESNET50_HUB = 'microsoft/resnet-50'  # the ImageNet ResNet-50 on the Hugging Face hub
 
+def pretrained_weights(model_cls, folder: Path, what: str, **kw) -> nn.Module:
+    "`model_cls.from_pretrained(folder)` from safetensors only (never unpickled), its weights checked finite; errors name the folder."
+    if folder.is_dir() and not any(folder.glob('*.safetensors')):
+        pickled = sorted(p.name for ext in ('*.bin', '*.pt', '*.pth', '*.ckpt') for p in folder.glob(ext))
+        raise CheckpointError(f"{what} {folder}: no *.safetensors weights" + (
+            f", only {pickled}: elvis_nb loads weights only from safetensors (a pickle can run code); convert them once "
+            "where you trust the file (`model.save_pretrained(folder, safe_serialization=True)`)" if pickled else
+            "; expected model.safetensors and config.json"))
+    try: model = model_cls.from_pretrained(folder, use_safetensors=True, **kw)
+    except Exception as e: raise CheckpointError(f"{what} {folder}: cannot load its weights ({type(e).__name__}: {e})") from e
+    check_finite_tensors(model.state_dict(), f"{what} {folder}")
+    return model
+
 def resnet_backbone(spec: str, weights: str | None = None) -> tuple[ResNetModel, bool]:
     "A `transformers` ResNet for `spec` (a preset name or a folder) and whether it carries pre-trained weights."
     if spec not in RESNET_PRESETS:
         path = resolve_local(spec)
         if path is None: raise FileNotFoundError(f"image encoder {spec!r}: not a preset {sorted(RESNET_PRESETS)} nor a folder on disk")
-        return ResNetModel.from_pretrained(path), True
+        return pretrained_weights(ResNetModel, path, 'image encoder'), True
     weights = weights or (RESNET50_HUB if spec == 'resnet50' else None)
     path = resolve_local(weights) if weights else None
-    if path is not None: return ResNetModel.from_pretrained(path), True
+    if path is not None: return pretrained_weights(ResNetModel, path, 'image encoder weights'), True
     if weights: log.warning(f"image encoder {spec!r}: no weights found at {weights!r} or {local_model_dir(weights)}; "
                             "RANDOM initialisation (the papers start from ImageNet weights)")
     return ResNetModel(ResNetConfig(**RESNET_PRESETS[spec])), False
@@ -152,9 +166,15 @@ def bert_backbone(spec: str) -> tuple[nn.Module, BertTokenizerFast, bool]:
         tok = AutoTokenizer.from_pretrained(synthcxr_tokenizer_dir())
         log.warning(f"text encoder {spec!r}: RANDOM initialisation (a small BERT over the SynthCXR vocabulary)")
         return BertModel(BertConfig(vocab_size=len(tok), **BERT_PRESETS[spec]), add_pooling_layer=False), tok, False
-    source = resolve_local(spec) or spec
+    local = resolve_local(spec)
+    if local is not None:
+        model = pretrained_weights(AutoModel, local, 'text encoder', add_pooling_layer=False)
+        try: return model, AutoTokenizer.from_pretrained(local), True
+        except Exception as e: raise CheckpointError(f"text encoder {local}: no usable tokenizer files ({type(e).__name__}: {e})") from e
     try:
-        return AutoModel.from_pretrained(source, add_pooling_layer=False), AutoTokenizer.from_pretrained(source), True
+        model = AutoModel.from_pretrained(spec, add_pooling_layer=False, use_safetensors=True)
+        check_finite_tensors(model.state_dict(), f"text encoder {spec}")
+        return model, AutoTokenizer.from_pretrained(spec), True
     except OSError as e:
         raise FileNotFoundError(
             f"text encoder {spec!r} is neither a preset {sorted(BERT_PRESETS)} nor a folder on disk, and the Hugging Face "

@@ -12,11 +12,11 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, ResNetConfig, ResNetModel
 
-from ..checkpoint import code_version
+from ..checkpoint import CheckpointError, code_version, read_safetensors
 from ..core import PROFILES, Profile, get_profile
 from ..distributed import gather_with_grad
 from ..losses.cross_attention import CrossAttention
@@ -27,9 +27,9 @@ from .encoders import ImageEncoder, TextEncoder, bert_backbone, resnet_backbone
 from .heads import ProjectionHeads, plot_similarity_before_after
 
 # %% auto #0
-__all__ = ['METHODS', 'CHECKPOINT_FORMAT', 'PROFILE_MODEL_FIELDS', 'ImageOutput', 'TextOutput', 'LossOutput', 'MethodConfig',
-           'ConVIRTConfig', 'GLoRIAConfig', 'ElvisConfig', 'Method', 'gather_mask', 'batch_accuracy', 'ConVIRT',
-           'GLoRIA', 'ELVIS', 'method_config', 'build_method', 'model_card', 'read_checkpoint_config',
+__all__ = ['METHODS', 'CHECKPOINT_FORMAT', 'PROFILE_MODEL_FIELDS', 'CHECKPOINT_FIELDS', 'ImageOutput', 'TextOutput', 'LossOutput',
+           'MethodConfig', 'ConVIRTConfig', 'GLoRIAConfig', 'ElvisConfig', 'Method', 'gather_mask', 'batch_accuracy',
+           'ConVIRT', 'GLoRIA', 'ELVIS', 'method_config', 'build_method', 'model_card', 'read_checkpoint_config',
            'check_checkpoint', 'profile_from_dict', 'load_method', 'plot_word_attention']
 
 # %% ../../nbs/32_models.methods.ipynb #e0bb5c40
@@ -294,13 +294,22 @@ def save_pretrained(self: Method, folder: str | Path, card: dict | None = None) 
     return folder
 
 # %% ../../nbs/32_models.methods.ipynb #1f59d103
+CHECKPOINT_FIELDS = ('method', 'profile', 'options', 'text_pretrained', 'image_backbone', 'text_backbone')
+
 def read_checkpoint_config(folder: str | Path) -> dict:
-    "The config.json of a method checkpoint folder, checked for format."
+    "The config.json of a method checkpoint folder, checked for format, fields and method."
     path = Path(folder) / 'config.json'
+    if Path(folder).is_file(): raise CheckpointError(f"{folder} is a file; expected a method checkpoint folder "
+                                                     "(a training checkpoint .safetensors file is read with load_checkpoint)")
     if not path.exists(): raise FileNotFoundError(f"{folder}: no config.json, not a method checkpoint folder (see save_pretrained)")
-    meta = json.loads(path.read_text())
-    if meta.get('format') != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    try: meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({type(e).__name__}: {e}); expected the config save_pretrained writes") from e
+    if not isinstance(meta, dict) or meta.get('format') != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: format {meta.get('format') if isinstance(meta, dict) else None!r}, expected {CHECKPOINT_FORMAT!r}")
+    missing = [k for k in CHECKPOINT_FIELDS if k not in meta]
+    if missing: raise CheckpointError(f"{path}: missing field(s) {missing}; expected the config save_pretrained writes")
+    if meta['method'] not in METHODS: raise CheckpointError(f"{path}: method {meta['method']!r} is not one of {sorted(METHODS)}")
     return meta
 
 def check_checkpoint(meta: dict, folder, method: str | None = None, profile: str | Profile | None = None,
@@ -328,11 +337,16 @@ def from_pretrained(cls: Method, folder: str | Path, method: str | None = None, 
     check_checkpoint(meta, folder, method, profile, cls.names)
     name, p = meta['method'], meta['profile']
     klass, cfg_cls, _ = METHODS[name]
-    image_backbone = ResNetModel(ResNetConfig.from_dict(meta['image_backbone']))
-    text_backbone = AutoModel.from_config(AutoConfig.for_model(**meta['text_backbone']), add_pooling_layer=False)
-    m = klass(name, profile_from_dict(p), cfg_cls(**meta['options']), image_backbone, text_backbone,
-              AutoTokenizer.from_pretrained(folder / 'tokenizer'), meta['text_pretrained'])
-    state = load_file(folder / 'model.safetensors')
+    if not (folder / 'tokenizer' / 'tokenizer.json').is_file():
+        raise FileNotFoundError(f"{folder}: no tokenizer/tokenizer.json; expected the tokenizer/ folder save_pretrained writes beside config.json")
+    try:
+        image_backbone = ResNetModel(ResNetConfig.from_dict(meta['image_backbone']))
+        text_backbone = AutoModel.from_config(AutoConfig.for_model(**meta['text_backbone']), add_pooling_layer=False)
+        m = klass(name, profile_from_dict(p), cfg_cls(**meta['options']), image_backbone, text_backbone,
+                  AutoTokenizer.from_pretrained(folder / 'tokenizer'), meta['text_pretrained'])
+    except (TypeError, ValueError, KeyError, OSError) as e:
+        raise CheckpointError(f"{folder / 'config.json'} does not describe a buildable {name!r} model ({type(e).__name__}: {e})") from e
+    state, _ = read_safetensors(folder / 'model.safetensors')
     missing, unexpected = m.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{folder}/model.safetensors does not match the {name!r} model its config describes: "
