@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from elvis_nb.eval.inspect import (encode_studies, inspection_studies, open_method, phrase_grounding, region_at,
-                                   region_similarity_maps, target_distributions, umap_embedding_cached, word_attention_map)
+from elvis_nb.eval.inspect import (_open_cached, encode_studies, inspection_studies, open_method, phrase_grounding, region_at,
+                                   region_similarity_maps, report_words, target_distributions, umap_embedding_cached,
+                                   word_attention_map)
 from elvis_nb.explore import GroundingExplorer, PatchExplorer, TargetsExplorer, WordExplorer
 
 
@@ -48,6 +49,16 @@ def test_word_attention_is_a_distribution(encoded):
         a = word_attention_map(encoded[name], 0, [0, 2])
         assert float(a.mean()) == pytest.approx(1.0, abs=1e-5) and float(a.min()) >= 0
     assert word_attention_map(encoded['convirt'], 0, [0]) is None
+    # GLoRIA counts [CLS] as element 0: word k of the report is the same word for both methods
+    assert report_words(encoded['gloria'], 0) == report_words(encoded['elvis'], 0)
+    g = encoded['gloria']; n_regions = g['grid'][0] * g['grid'][1]
+    assert torch.allclose(word_attention_map(g, 0, [1]).flatten() / n_regions, g['attention'][0, 2], atol=1e-6)
+
+
+def test_random_init_is_reproducible():
+    a = next(open_method('gloria').parameters()).clone()
+    _open_cached.cache_clear()
+    assert torch.equal(next(open_method('gloria').parameters()), a)
 
 
 def test_phrase_grounding_scores(studies):
