@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     p.add_argument('--repeats', type=int, default=11)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--contended', action='store_true', help='mark the numbers as measured on a shared, busy machine')
+    p.add_argument('--note', default='', help='how the models were made, anything a reader of the numbers should know')
     p.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'explorers.json'))
     a = p.parse_args(argv)
     import torch
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     res['umap_point_ms'] = median_ms(lambda v: setattr(ux.point, 'value', v), [7 * i for i in range(n + 1)], 'umap_point_ms')
     errors += [ux.message.value] if ux.message.value else []
     out = {'machine': f'{platform.machine()}, {os.cpu_count()} CPUs', 'torch': torch.__version__, 'threads': a.threads,
-           'date': time.strftime('%Y-%m-%d'), 'models': models, 'profile': inspect.open_method(models[0]).profile.name, 'repeats': n, 'contended': a.contended, **res, 'cpu': CPU,
+           'date': time.strftime('%Y-%m-%d'), 'models': models, 'profile': inspect.open_method(models[0]).profile.name, 'repeats': n, 'contended': a.contended, 'note': a.note, **res, 'cpu': CPU,
            'targets': {'slider_ms': 200, 'click_ms': 500, 'umap_open_s': 5}, 'errors': errors}
     out['click_ms'] = res['patch_slider_ms']                    # a region pick (sliders) updates every model's maps
     CPU['click_ms'] = CPU['patch_slider_ms']
