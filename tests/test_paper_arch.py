@@ -83,3 +83,59 @@ def test_paper_training_step(tmp_path):
     assert math.isfinite(r.final_val['loss'])
     assert not torch.equal(before, m.heads.image_local.fc1.weight.detach())   # the step moved the weights
     assert (tmp_path / 'model' / 'config.json').exists()
+
+
+def run_paper_evaluations(m, p, device: str = 'cpu') -> None:
+    "One evaluation of each kind of method `m` (profile `p`) on a few SynthCXR items: every number finite, in range."
+    from elvis_nb.core import CHEXPERT_LABELS
+    from elvis_nb.data.synth import SynthClassification, SynthGrounding, SynthSegmentation
+    from elvis_nb.eval.grounding import evaluate_grounding
+    from elvis_nb.eval.locality import evaluate_locality
+    from elvis_nb.eval.retrieval import dataset_labels, evaluate_retrieval
+    from elvis_nb.eval.segmentation import SegmentationConfig, evaluate_segmentation
+    from elvis_nb.eval.transfer import evaluate_transfer
+    from elvis_nb.eval.zeroshot import evaluate_zero_shot
+    m = m.to(device).eval()
+    cls = SynthClassification('test', p, 0, n=8)
+    zs = evaluate_zero_shot(m, cls, n_prompts=1, batch_size=4, device=device)
+    assert zs['n_images'] == 8 and 0 <= zs['both']['accuracy'] <= 1
+    labels = dataset_labels(cls)
+    cols = [c for c in range(len(CHEXPERT_LABELS)) if 2 <= int((labels[:, c] == 1).sum()) <= 6][:2]
+    r = evaluate_retrieval(m, cls, cols, ks=(1,), n_query=1, kinds=('global', 'local'), class_names=CHEXPERT_LABELS,
+                           device=device)
+    assert r['classes'] and all(math.isfinite(v) for v in _numbers(r))
+    t = evaluate_transfer(m, SynthClassification('train', p, 0, n=8), cls, cols, fractions=(1.0,), epochs=1, batch_size=4,
+                          device=device)
+    assert all(math.isfinite(v) for v in _numbers(t))
+    g = evaluate_grounding(m, SynthGrounding('test', p, 0, n=4), batch_size=4, device=device)
+    assert all(math.isfinite(v) for v in _numbers(g['phrase_mean']))
+    loc = evaluate_locality(m, SynthClassification('test', p, 0, n=4), batch_size=4, device=device)
+    assert all(math.isfinite(v) for v in _numbers(loc))
+    seg_sets = [SynthSegmentation('pneumothorax', s, p, 0, n=4) for s in ('train', 'val', 'test')]
+    seg, _ = evaluate_segmentation(m.image_encoder, *seg_sets, SegmentationConfig(batch_size=2, decoder_channels=(32, 16, 8, 8, 8)),
+                                   epochs=1, device=device)
+    assert 0 <= seg['dice'] <= 1
+
+
+def test_paper_evaluations():
+    run_paper_evaluations(paper_method('elvis'), paper_profile())
+
+
+def test_bench_counts_step_flops_on_cpu():
+    "bench/train.py's FLOP count (the numerator of its MFU) runs on CPU: a step's FLOPs grow ~linearly with the batch."
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location('bench_train', Path(__file__).parents[1] / 'bench' / 'train.py')
+    bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
+    seed_everything(0)
+    m = build_method('elvis', 'smoke')
+    f2, f4 = bench.step_flops(m, 2), bench.step_flops(m, 4)
+    assert f2 > 0 and 1.7 < f4 / f2 < 2.3, (f2, f4)
+    assert bench.peak_tflops('NVIDIA H200') == 989 and bench.peak_tflops('some other card') is None
+
+
+def _numbers(d) -> list[float]:
+    "Every int/float inside a nested dict/list (booleans excluded)."
+    if isinstance(d, dict): return [x for v in d.values() for x in _numbers(v)]
+    if isinstance(d, (list, tuple)): return [x for v in d for x in _numbers(v)]
+    return [float(d)] if isinstance(d, (int, float)) and not isinstance(d, bool) else []
