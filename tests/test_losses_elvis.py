@@ -156,3 +156,19 @@ def test_paper_shape_runs():
     out = full_step(CrossAttention(D), torch.randn(B, N_I, 64).relu(), z_img, torch.randn(B, N_T, 64), z_txt, mask)
     out.loss.backward()
     assert torch.isfinite(out.loss) and z_img.grad.shape == z_img.shape and torch.isfinite(z_txt.grad).all()
+
+
+def test_attention_pool_bf16_score_fp32_features():
+    "The crash of the paper profile: under bf16 autocast the pooling score is bf16 while the features are fp32."
+    from elvis_nb.models.encoders import AttentionPool
+    torch.manual_seed(6)
+    pool, x = AttentionPool(16), torch.randn(3, 7, 16)
+    mask = torch.arange(7) < torch.tensor([[7], [2], [1]])
+    ref = pool(x, mask)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        low = pool(x, mask)
+    assert torch.isfinite(low).all()
+    torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(ref[2], x[2, 0], rtol=1e-5, atol=1e-5)      # one valid element: pooled = that element
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert torch.isfinite(pool(x.half(), mask)).all()                  # fp16 features too

@@ -122,3 +122,32 @@ def test_two_processes_give_the_single_process_gradient(tmp_path):
         assert abs(grads2['__loss__'].item() - loss.item()) < 1e-5, name
         for k, p in m.named_parameters():
             if p.grad is not None: torch.testing.assert_close(grads2[k], p.grad, rtol=1e-4, atol=1e-6, msg=f'{name}: {k}')
+
+
+# The options of an ELVIS checkpoint's config.json as written before ElvisConfig inherited ElvisLocalConfig (a46b089)
+OLD_ELVIS_OPTIONS = {'embed_dim': 32, 'hidden_dim': 2048, 'local_stage': 3, 'input_size': None, 'image_weights': None,
+                     'text_level': 'words', 'text_last_n_layers': 1, 'text_pooling': 'attention', 'freeze_text_layers': 0,
+                     'cls_as_word': False, 'tau_g': 0.3, 'lambda_i2t': 0.75, 'tau_src': 0.3, 'tau_tgt': 0.2,
+                     'target': 'intra_modal', 'both_directions': True, 'weight_image': 0.6, 'weight_text': 0.75,
+                     'attention': 'lovt', 'attention_norm': 'batch'}
+
+
+def test_old_elvis_config_json_still_loads(tmp_path):
+    "A checkpoint whose config.json holds the pre-composition ElvisConfig options loads, with the same local-loss config."
+    import json
+    from dataclasses import asdict, fields
+    from elvis_nb.losses.elvis import ElvisLocalConfig
+    from elvis_nb.models.methods import ElvisConfig
+    assert set(asdict(ElvisConfig())) == set(OLD_ELVIS_OPTIONS)               # the same flat keys: no migration
+    seed_everything(0)
+    m = build_method('elvis', 'smoke', tau_tgt=0.2, weight_image=0.6)
+    m.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / 'config.json').read_text())
+    meta['options'] = OLD_ELVIS_OPTIONS                                       # written in the old key order
+    (tmp_path / 'config.json').write_text(json.dumps(meta))
+    m2 = Method.from_pretrained(tmp_path)
+    assert m2.config == m.config and isinstance(m2.config, ElvisLocalConfig)
+    assert {f.name: getattr(m2.config, f.name) for f in fields(ElvisLocalConfig)} == asdict(
+        ElvisLocalConfig(tau_tgt=0.2, weight_image=0.6))
+    with pytest.raises(ValueError, match='tau_tgt must be positive'):
+        ElvisConfig(**{**OLD_ELVIS_OPTIONS, 'tau_tgt': 0})                    # the loss's own checks still run

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from ..core import CHEXPERT_LABELS
+from ..losses.ops import cosine_matrix, mask_fill
 
 # %% auto #0
 __all__ = ['TIE_RTOL', 'SIMILARITY_KINDS', 'SYNTH_TEXT_QUERIES', 'CONVIRT_CLASSES', 'relevance', 'precision_at_k',
@@ -57,7 +58,7 @@ def global_similarity(query: torch.Tensor,      # [Q, D] global embeddings of th
                       candidates: torch.Tensor  # [N, D] global embeddings of the candidates
                       ) -> torch.Tensor:        # [Q, N] cosine similarity
     "Cosine similarity between every query and every candidate."
-    return F.normalize(query.float(), dim=-1) @ F.normalize(candidates.float(), dim=-1).T
+    return cosine_matrix(query.float(), candidates.float())
 
 # %% ../../nbs/50_eval.retrieval.ipynb #0e422c2f
 def local_similarity(words: torch.Tensor,      # [Q, T, D] word (or query-region) embeddings
@@ -79,19 +80,18 @@ def local_similarity(words: torch.Tensor,      # [Q, T, D] word (or query-region
     per_pair = T * max(regions.shape[1], D)
     q_block = max(1, min(Q, max_elements // per_pair))
     n_block = max(1, max_elements // (q_block * per_pair))
-    big_neg = torch.finfo(words.dtype).min / 2
     rows = []
     for e, m in zip(words.split(q_block), word_mask.split(q_block)):          # e: [Q_b, T, D], m: [Q_b, T]
         out = []
         for v in regions.split(n_block):                                     # v: [N_b, R, D]
             s = torch.einsum('qtd,nrd->qntr', e, v)                          # s_ij = e_i · v_j      [Q_b, N_b, T, R]
-            s = s.masked_fill(~m[:, None, :, None], big_neg)
+            s = mask_fill(s, m[:, None, :, None])                           # padded words at MASK_VALUE
             s_bar = s.softmax(dim=2)                                         # softmax over words
             a = (gamma1 * s_bar).softmax(dim=3)                              # softmax over regions   [Q_b, N_b, T, R]
             c = torch.einsum('qntr,nrd->qntd', a, v)                         # c_i = Σ_j a_ij v_j    [Q_b, N_b, T, D]
             cos = F.cosine_similarity(c, e[:, None], dim=-1, eps=1e-8)       # cos(c_i, e_i)         [Q_b, N_b, T]
-            cos = cos.masked_fill(~m[:, None], big_neg / gamma2)
-            out.append(torch.logsumexp(gamma2 * cos, 2) if agg == 'sum' else gamma2 * cos.amax(2))   # [Q_b, N_b]
+            x = mask_fill(gamma2 * cos, m[:, None])                          # γ2 cos, padded words at MASK_VALUE
+            out.append(torch.logsumexp(x, 2) if agg == 'sum' else x.amax(2))   # [Q_b, N_b]
         rows.append(torch.cat(out, 1))
     return torch.cat(rows).to(home)
 

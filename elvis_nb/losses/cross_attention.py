@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gloria import gloria_attention
-from .targets import at_least_float32, masked_log_softmax, plot_region_maps
+from .ops import at_least_float32, masked_softmax
+from .targets import plot_region_maps
 
 # %% auto #0
 __all__ = ['MaskedBatchNorm1d', 'CrossAttention']
@@ -22,8 +23,11 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor,  # [B, N, D]
                 mask: torch.Tensor | None = None,  # [B, N] bool, True = real element (None: all real)
                ) -> torch.Tensor:  # [B, N, D], zeros at padded positions
-        if mask is None: return super().forward(x.flatten(0, 1)).view_as(x)
-        y = super().forward(x[mask])                                   # [n_valid, D]
+        rows = x.flatten(0, 1) if mask is None else x[mask]           # [n_valid, D]
+        if self.training and rows.shape[0] < 2:                       # no batch statistic: the running ones
+            y = F.batch_norm(rows, self.running_mean, self.running_var, self.weight, self.bias, False, 0., self.eps)
+        else: y = super().forward(rows)
+        if mask is None: return y.view_as(x)
         out = y.new_zeros(*x.shape[:-1], y.shape[-1])
         out[mask] = y
         return out
@@ -63,17 +67,20 @@ class CrossAttention(nn.Module):
     def _lovt(self, z_img, z_txt, txt_mask):
         k_img, k_txt = self.key(z_img), self.key(z_txt)                   # [B,N_I,D], [B,N_T,D]: W_k z
         e = k_img @ k_txt.transpose(-1, -2) / math.sqrt(self.dim)         # [B,N_I,N_T]  e_ij
-        a_img = masked_log_softmax(e, txt_mask).exp()                     # [B,N_I,N_T]  softmax over words
-        a_txt = at_least_float32(e.transpose(-1, -2)).softmax(-1)                   # [B,N_T,N_I]  softmax over regions
+        a_img = masked_softmax(e, None if txt_mask is None else txt_mask[:, None, :])   # [B,N_I,N_T] over valid words
+        a_txt = at_least_float32(e.transpose(-1, -2)).softmax(-1)         # [B,N_T,N_I]  softmax over regions
         if txt_mask is not None: a_txt = a_txt * txt_mask[..., None]
         img_given_txt = self.output(a_img.to(z_txt.dtype) @ self.value(z_txt))   # W_o Σ_j a_ij W_v z^T_j
         txt_given_img = self.output(a_txt.to(z_img.dtype) @ self.value(z_img))   # W_o Σ_i a_ji W_v z^I_i
         return img_given_txt, txt_given_img, {'img2txt': a_img, 'txt2img': a_txt, 'scores': e}
 
     def _gloria(self, z_img, z_txt, txt_mask):
-        txt_given_img, a_txt = gloria_attention(z_txt, z_img, self.gamma1, word_mask=txt_mask)  # GLoRIA: words attend to regions
-        _, a_img = gloria_attention(z_img, z_txt, self.gamma1)          # roles swapped: regions attend to words
-        if txt_mask is not None:                                        # drop padded words from the second softmax:
-            a_img = a_img * txt_mask[:, None, :]                        # a softmax restricted to the valid columns
-            a_img = a_img / a_img.sum(-1, keepdim=True)                 # is the full one renormalised over them
-        return a_img.to(z_txt.dtype) @ z_txt, txt_given_img, {'img2txt': a_img, 'txt2img': a_txt}
+        with torch.autocast(z_img.device.type, enabled=False):          # in ≥ fp32, as chapter 21's local loss
+            z_img, z_txt = at_least_float32(z_img), at_least_float32(z_txt)
+            txt_given_img, a_txt = gloria_attention(z_txt, z_img, self.gamma1, word_mask=txt_mask)  # words attend to regions
+            _, a_img = gloria_attention(z_img, z_txt, self.gamma1)      # roles swapped: regions attend to words
+            if txt_mask is not None:                                    # drop padded words from the second softmax:
+                a_img = a_img * txt_mask[:, None, :]                    # a softmax restricted to the valid columns
+                total = a_img.sum(-1, keepdim=True)                     # is the full one renormalised over them;
+                a_img = a_img / total.masked_fill(total == 0, 1.)       # a caption without words attends to nothing
+            return a_img @ z_txt, txt_given_img, {'img2txt': a_img, 'txt2img': a_txt}

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .targets import cosine_matrix, masked_log_softmax, masked_mean
+from .ops import cosine_matrix, masked_log_softmax
+from .targets import masked_mean
 from .targets import intra_modal_targets, target_entropy, target_diagonal_mass
 
 # %% auto #0
@@ -38,9 +39,10 @@ def local_contrastive_loss(z_local: torch.Tensor,  # [B, N, D] local embeddings 
     if target.shape != (*z_local.shape[:2], z_local.shape[1]):
         raise ValueError(f"target must be [B, N, N] = {[*z_local.shape[:2], z_local.shape[1]]}, got {list(target.shape)}")
     s = cosine_matrix(z_local, z_attended) / tau_src                                  # [B, N, N]  s_ij/τ_src
-    loss = masked_mean(-(target * masked_log_softmax(s, mask)).sum(-1), mask)         # l2att: H(t_i·, p_i·)
+    cols = None if mask is None else mask[:, None, :]                                 # [B, 1, N] valid columns
+    loss = masked_mean(-(target * masked_log_softmax(s, cols)).sum(-1), mask)         # l2att: H(t_i·, p_i·)
     if both_directions:
-        att2l = masked_mean(-(target * masked_log_softmax(s.transpose(-1, -2), mask)).sum(-1), mask)
+        att2l = masked_mean(-(target * masked_log_softmax(s.transpose(-1, -2), cols)).sum(-1), mask)
         loss = (loss + att2l) / 2
     return loss
 

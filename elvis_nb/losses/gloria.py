@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 
 from .infonce import bidirectional_ce, cosine_logits
+from .ops import mask_fill
 
 # %% auto #0
 __all__ = ['gloria_global_loss', 'gloria_attention', 'plot_word_attention', 'gloria_local_similarity_loop',
@@ -28,11 +29,6 @@ def gloria_global_loss(img_emb: torch.Tensor,  # [B, D] global image embeddings 
     return l_i2t + l_t2i
 
 # %% ../../nbs/21_losses.gloria.ipynb #a061f060
-def _neg(dtype: torch.dtype) -> float:
-    "A large negative for masked logits: exp(·) is 0, and adding a finite logit does not overflow."
-    return torch.finfo(dtype).min / 2
-
-
 def gloria_attention(words: torch.Tensor,    # [B, T, D] word embeddings e
                      regions: torch.Tensor,  # [B, R, D] region embeddings v (image b for caption b)
                      gamma1: float = 4.0,    # region-softmax sharpness (inverse temperature)
@@ -40,10 +36,10 @@ def gloria_attention(words: torch.Tensor,    # [B, T, D] word embeddings e
                     ) -> tuple[torch.Tensor, torch.Tensor]:  # context c [B, T, D], attention a [B, T, R]
     "GLoRIA's double-softmax attention of each word over its image's regions."
     s = words @ regions.transpose(1, 2)                        # [B, T, R] raw dot products
-    if word_mask is not None: s = s.masked_fill(~word_mask[..., None], _neg(s.dtype))
+    if word_mask is not None: s = mask_fill(s, word_mask[..., None])   # chapter 19: padded words at MASK_VALUE, ≥ fp32
     s_bar = s.softmax(dim=1)                                   # softmax over words
     attn = (gamma1 * s_bar).softmax(dim=-1)                    # softmax over regions
-    return attn @ regions, attn
+    return attn.to(regions.dtype) @ regions, attn
 
 # %% ../../nbs/21_losses.gloria.ipynb #745837af
 def plot_word_attention(attn: torch.Tensor,  # [T, R] attention of T words over R = h·w regions
@@ -65,11 +61,6 @@ def plot_word_attention(attn: torch.Tensor,  # [T, R] attention of T words over 
     return fig
 
 # %% ../../nbs/21_losses.gloria.ipynb #1c08264c
-def _cos_eps(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    "GLoRIA's cosine along the last dim: x·y / max(‖x‖‖y‖, eps)."
-    return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp(min=eps)
-
-
 def gloria_local_similarity_loop(words: torch.Tensor,      # [B_t, T, D] word embeddings
                                  word_mask: torch.Tensor,  # [B_t, T] bool, True for the words used
                                  regions: torch.Tensor,    # [B_i, R, D] region embeddings
@@ -80,7 +71,7 @@ def gloria_local_similarity_loop(words: torch.Tensor,      # [B_t, T, D] word em
     for b in range(words.shape[0]):                            # one caption at a time, as the official code
         e = words[b][word_mask[b]].expand(regions.shape[0], -1, -1)   # [B_i, T_b, D] caption b, repeated
         context, _ = gloria_attention(e, regions, gamma1)     # [B_i, T_b, D]
-        columns.append(torch.logsumexp(gamma2 * _cos_eps(context, e), dim=-1))   # [B_i]
+        columns.append(torch.logsumexp(gamma2 * F.cosine_similarity(context, e, dim=-1, eps=1e-8), dim=-1))   # [B_i]
     return torch.stack(columns, dim=1)
 
 
@@ -127,7 +118,7 @@ def _attend(E_c, m_c, V_flat, G, gamma1, S, Y, A=None):
     B_i, R = G.shape[:2]
     C, T, D = E_c.shape
     torch.mm(V_flat, E_c.reshape(C * T, D).T, out=S.view(B_i * R, C * T))   # s = v_j · e_i
-    pad = torch.zeros(C, T, dtype=S.dtype, device=S.device).masked_fill_(~m_c, _neg(S.dtype))
+    pad = mask_fill(torch.zeros(C, T, dtype=S.dtype, device=S.device), m_c)   # 0, or MASK_VALUE for padding
     torch.add(S, pad, out=Y)
     torch.softmax(Y, -1, out=Y).mul_(gamma1)                   # y = γ1 · softmax over words
     A = Y if A is None else A
@@ -142,7 +133,7 @@ def _block_scores(a, S, G, n, m_c, gamma2, eps=1e-8):
     q = u.mul_(a).sum(1)                                       # q_i = a_iᵀ G a_i = ‖c_i‖²
     d = q.sqrt() * n
     cos = p / d.clamp(min=eps)
-    return p, q, d, cos, (gamma2 * cos).masked_fill(~m_c, _neg(cos.dtype))
+    return p, q, d, cos, mask_fill(gamma2 * cos, m_c)
 
 # %% ../../nbs/21_losses.gloria.ipynb #b21afd1b
 def _block_backward(dZ_c, E_c, m_c, n, V, G, saved, gammas, bufs, dG, dV_flat, eps=1e-8):

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
 
+from .ops import cosine_matrix
+
 # %% auto #0
 __all__ = ['cosine_logits', 'bidirectional_ce', 'infonce_directions', 'infonce', 'plot_similarity']
 
@@ -20,8 +22,7 @@ def cosine_logits(img_emb: torch.Tensor,  # [N, D] image embeddings v
     if img_emb.ndim != 2 or txt_emb.ndim != 2 or img_emb.shape[1] != txt_emb.shape[1]:
         raise ValueError(f"cosine_logits expects [N, D] and [M, D] embeddings; got img_emb {tuple(img_emb.shape)} "
                          f"and txt_emb {tuple(txt_emb.shape)}")
-    # F.normalize clamps the norm at 1e-12: a zero vector gets cosine 0 with everything, never NaN
-    return F.normalize(img_emb, dim=-1) @ F.normalize(txt_emb, dim=-1).T / tau
+    return cosine_matrix(img_emb, txt_emb) / tau   # chapter 19: a zero vector gets cosine 0 with everything, never NaN
 
 # %% ../../nbs/20_losses.infonce.ipynb #40253674
 def bidirectional_ce(logits: torch.Tensor,  # [N, N] logits, row i = image i, column k = text k; pairs on the diagonal

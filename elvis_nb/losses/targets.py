@@ -10,31 +10,11 @@ import torch
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
 
+from .ops import at_least_float32, cosine_matrix, masked_log_softmax
+
 # %% auto #0
-__all__ = ['cosine_matrix', 'at_least_float32', 'masked_log_softmax', 'masked_mean', 'intra_modal_targets', 'target_entropy',
-           'target_diagonal_mass', 'toy_region_features', 'plot_region_maps', 'plot_intra_modal_target']
-
-# %% ../../nbs/22_losses.targets.ipynb #38a77638
-def cosine_matrix(a: torch.Tensor,  # [B, N, D]
-                  b: torch.Tensor,  # [B, M, D]
-                  eps: float = 1e-6,  # floor of the norm: zero vectors give similarity 0, gradients ≤ 1/eps
-                 ) -> torch.Tensor:  # [B, N, M]
-    "Cosine similarity of every element of `a` with every element of `b`, sample by sample."
-    return F.normalize(a, dim=-1, eps=eps) @ F.normalize(b, dim=-1, eps=eps).transpose(-1, -2)
-
-# %% ../../nbs/22_losses.targets.ipynb #eda49395
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    "`x` in float32 when it is in a lower precision (bf16/fp16); float64 stays float64."
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-def masked_log_softmax(scores: torch.Tensor,  # [B, N, M] logits
-                       col_mask: torch.Tensor | None = None,  # [B, M] bool, True = real element
-                      ) -> torch.Tensor:  # [B, N, M] log-probabilities over the last axis (float32 or float64)
-    "Log-softmax over the last axis in ≥ float32, with masked columns at a (finite) log-probability ≈ -3.4e38."
-    scores = at_least_float32(scores)
-    if col_mask is not None:
-        scores = scores.masked_fill(~col_mask[:, None, :], torch.finfo(scores.dtype).min)
-    return scores.log_softmax(dim=-1)
+__all__ = ['masked_mean', 'intra_modal_targets', 'target_entropy', 'target_diagonal_mass', 'toy_region_features',
+           'plot_region_maps', 'plot_intra_modal_target']
 
 # %% ../../nbs/22_losses.targets.ipynb #4a4a85ef
 def masked_mean(values: torch.Tensor,  # [B, N] one number per local element
@@ -57,7 +37,8 @@ def intra_modal_targets(local_feats: torch.Tensor,  # [B, N, D_y] encoder local 
     if tau_tgt <= 0: raise ValueError(f"tau_tgt must be positive, got {tau_tgt}")
     with torch.no_grad():
         y = at_least_float32(local_feats.detach())
-        q = masked_log_softmax(cosine_matrix(y, y) / tau_tgt, mask).exp()   # [B, N, N]
+        cols = None if mask is None else mask[:, None, :]                 # [B, 1, N] valid columns
+        q = masked_log_softmax(cosine_matrix(y, y) / tau_tgt, cols).exp()   # [B, N, N]
         if mask is not None: q = q * mask[:, :, None]                        # padded rows: all zero
     return q
 

@@ -17,13 +17,14 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, BertTo
 
 from ..checkpoint import CheckpointError, check_finite_tensors
 from ..core import Profile, cache_dir, repo_root
+from ..losses.ops import mask_fill, masked_softmax
 
 # %% auto #0
-__all__ = ['log', 'RESNET_PRESETS', 'RESNET50_HUB', 'SPECIAL_TOKENS', 'TOKENIZER_CORPUS', 'BERT_PRESETS', 'TEXT_LEVELS',
-           'TEXT_POOLINGS', 'local_model_dir', 'resolve_local', 'pretrained_weights', 'resnet_backbone',
+__all__ = ['log', 'RESNET_PRESETS', 'RESNET50_HUB', 'SPECIAL_TOKENS', 'TOKENIZER_CORPUS', 'BERT_PRESETS', 'CLINICALBERT_STANDIN',
+           'TEXT_LEVELS', 'TEXT_POOLINGS', 'local_model_dir', 'resolve_local', 'pretrained_weights', 'resnet_backbone',
            'normalise_images', 'ImageFeatures', 'ImageEncoder', 'wordpiece_vocab', 'wordpiece_tokenizer',
-           'build_synthcxr_tokenizer', 'synthcxr_tokenizer_dir', 'bert_backbone', 'token_tables', 'group_index',
-           'aggregate', 'AttentionPool', 'TextFeatures', 'TextEncoder']
+           'build_synthcxr_tokenizer', 'synthcxr_tokenizer_dir', 'bert_backbone', 'text_encoder_or_standin',
+           'token_tables', 'group_index', 'aggregate', 'AttentionPool', 'TextFeatures', 'TextEncoder']
 
 # %% ../../nbs/30_models.encoders.ipynb #37b4f947
 log = logging.getLogger(__name__)
@@ -181,6 +182,18 @@ def bert_backbone(spec: str) -> tuple[nn.Module, BertTokenizerFast, bool]:
             f"hub could not provide it (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). Download it once with "
             f"`hf download {spec} --local-dir {local_model_dir(spec)}` or pass its folder.") from e
 
+# %% ../../nbs/30_models.encoders.ipynb #0480cead
+CLINICALBERT_STANDIN = 'clinicalbert-standin'   # random init, BERT-base shape, SynthCXR vocabulary: not ClinicalBERT
+BERT_PRESETS[CLINICALBERT_STANDIN] = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                          intermediate_size=3072)   # BERT-base's (and so ClinicalBERT's) shape
+
+def text_encoder_or_standin(spec: str) -> str:
+    "`spec` when it is a preset or on disk, else the ClinicalBERT stand-in (random init, BERT-base shape), with a warning."
+    if spec in BERT_PRESETS or resolve_local(spec) is not None: return spec
+    log.warning(f"text encoder {spec!r} is not on disk: {CLINICALBERT_STANDIN!r} stands in for it (RANDOM initialisation, "
+                "BERT-base shape: 768 wide, 12 layers, over the SynthCXR vocabulary)")
+    return CLINICALBERT_STANDIN
+
 # %% ../../nbs/30_models.encoders.ipynb #56676256
 def token_tables(tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "Boolean look-ups over the vocabulary: (is `##` continuation, is a full stop, is a special token)."
@@ -222,8 +235,8 @@ class AttentionPool(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         "x [B,T,D], mask [B,T] bool → [B,D]"
-        s = self.score(x).squeeze(-1).masked_fill(~mask, torch.finfo(x.dtype).min)   # [B, T]
-        return torch.einsum('bt,btd->bd', s.softmax(-1), x)
+        w = masked_softmax(self.score(x).squeeze(-1), mask)            # [B, T] ≥ fp32, 0 at padding (chapter 19)
+        return torch.einsum('bt,btd->bd', w.to(x.dtype), x)
 
 # %% ../../nbs/30_models.encoders.ipynb #a8a88417
 @dataclass
@@ -274,6 +287,6 @@ class TextEncoder(nn.Module):
     def pool_global(self, h, token_mask, local, mask) -> torch.Tensor:
         "y_g [B, d_y] from the token features h [B,L,d_y] or the local elements, per `self.pooling`."
         if self.pooling == 'cls': return h[:, 0]
-        if self.pooling == 'max': return h.masked_fill(~token_mask.unsqueeze(-1), torch.finfo(h.dtype).min).amax(1)
+        if self.pooling == 'max': return mask_fill(h, token_mask.unsqueeze(-1)).amax(1)
         if self.pooling == 'attention': return self.pool(local, mask)
         return local.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..losses.cross_attention import MaskedBatchNorm1d
-from ..losses.targets import cosine_matrix
+from ..losses.ops import cosine_matrix
 
 # %% auto #0
 __all__ = ['HEAD_KINDS', 'MLPHead', 'LinearHead', 'IdentityHead', 'ProjectionHeads', 'plot_similarity_before_after']

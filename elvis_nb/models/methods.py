@@ -23,6 +23,7 @@ from ..losses.cross_attention import CrossAttention
 from ..losses.elvis import ElvisLocalConfig, elvis_local_loss
 from ..losses.gloria import gloria_global_loss, gloria_local_loss
 from ..losses.infonce import infonce
+from ..losses.ops import cosine_matrix
 from .encoders import ImageEncoder, TextEncoder, bert_backbone, resnet_backbone
 from .heads import ProjectionHeads, plot_similarity_before_after
 
@@ -97,18 +98,12 @@ class GLoRIAConfig(MethodConfig):
     chunk_size: int = 4                   # captions per block of the local loss: bounds its memory, not its value
 
 @dataclass
-class ElvisConfig(MethodConfig):
-    "ELVIS (paper-notes §1.3–1.5, §6): global InfoNCE + intra-modal-target local losses, LoVT's architecture."
+class ElvisConfig(MethodConfig, ElvisLocalConfig):
+    "ELVIS (paper-notes §1.3–1.5, §6): global InfoNCE + the local loss of `ElvisLocalConfig` (its fields, declared there), LoVT's architecture."
     text_pooling: str = 'attention'       # LoVT's attention pooling
     freeze_text_layers: int | None = None # LoVT: embeddings + first 6 of 12 layers frozen (pre-trained BERT only)
     tau_g: float = 0.3                    # τ_g per the ELVIS summary (unverified; LoVT/ConVIRT: 0.1)
     lambda_i2t: float = 0.75              # λ of image→text (ConVIRT/LoVT)
-    tau_src: float = 0.3                  # τ^src_l (ELVIS; LoVT's local temperature agrees)
-    tau_tgt: float = 0.1                  # τ^tgt_l (ELVIS)
-    target: str = 'intra_modal'           # 'intra_modal' (ELVIS) | 'onehot' (LoVT/MGCA's intra-sample loss, the ablation)
-    both_directions: bool = True          # l2att and att2l, as LoVT
-    weight_image: float = 0.75            # μ_I: LoVT's 0.375 per direction × 2
-    weight_text: float = 0.75             # μ_T: same
     attention: str = 'lovt'               # cross-attention: 'lovt' (symmetric, learned; §1.4 default) | 'gloria' (attention_fn)
     attention_norm: str | None = 'batch'  # BatchNorm on the cross-attention output (LoVT)
 
@@ -168,7 +163,7 @@ def gather_mask(mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def batch_accuracy(image_emb: torch.Tensor, text_emb: torch.Tensor) -> dict[str, float]:
     "Top-1 in-batch retrieval accuracy in both directions (this rank's batch): a diagnostic, not a metric."
-    s = F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T   # [B, B]
+    s = cosine_matrix(image_emb.float(), text_emb.float())   # [B, B]
     target = torch.arange(len(s), device=s.device)
     return {'acc_i2t': (s.argmax(1) == target).float().mean().item(), 'acc_t2i': (s.argmax(0) == target).float().mean().item()}
 
@@ -207,7 +202,6 @@ class ELVIS(Method):
         super().__init__(*args, **kwargs)
         c = self.config
         self.cross_attention = CrossAttention(c.embed_dim, c.attention, c.attention_norm)
-        self.local_config = ElvisLocalConfig(c.tau_src, c.tau_tgt, c.target, c.both_directions, c.weight_image, c.weight_text)
 
     def attend(self, img: ImageOutput, txt: TextOutput) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         "(z^{I|T}_l [B,N_I,D], z^{T|I}_l [B,T,D], attention maps {'img2txt', 'txt2img', 'scores'})."
@@ -218,7 +212,7 @@ class ELVIS(Method):
         g = infonce(gather_with_grad(img.global_emb), gather_with_grad(txt.global_emb), tau=c.tau_g, lambda_i2t=c.lambda_i2t)
         img_att, txt_att, _ = self.attend(img, txt)
         local = elvis_local_loss(img.local_feats, img.local_emb, img_att, txt.local_feats, txt.local_emb, txt_att,
-                                 txt.mask, self.local_config)
+                                 txt.mask, c)   # ElvisConfig is an ElvisLocalConfig
         return {'global': g, **local.components}, {k: float(v) for k, v in local.diagnostics.items()}
 
     def loss_weights(self):
