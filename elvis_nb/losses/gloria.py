@@ -93,10 +93,10 @@ def gloria_local_similarity_autograd(words: torch.Tensor,      # [B_t, T, D] wor
     for c0 in range(0, words.shape[0], captions_per_block):
         E, m = words[c0:c0 + captions_per_block], word_mask[c0:c0 + captions_per_block]   # [C, T, D], [C, T]
         s = torch.einsum('ctd,ard->actr', E, regions)              # [B_i, C, T, R] s = e_i · v_j
-        s = s.masked_fill(~m[None, :, :, None], _neg(s.dtype))     # padded words leave the word softmax
+        s = mask_fill(s, m[None, :, :, None])                     # padded words leave the word softmax
         a = (gamma1 * s.softmax(dim=2)).softmax(dim=-1)            # a = softmax_j(γ1 softmax_i(s))
         c = torch.einsum('actr,ard->actd', a, regions)             # [B_i, C, T, D] c_i = Σ_j a_ij v_j
-        logit = (gamma2 * _cos_eps(c, E[None])).masked_fill(~m[None], _neg(c.dtype))   # [B_i, C, T] γ2 cos(c_i, e_i)
+        logit = mask_fill(gamma2 * F.cosine_similarity(c, E[None], dim=-1, eps=1e-8), m[None])   # [B_i, C, T] γ2 cos(c_i, e_i)
         columns.append(torch.logsumexp(logit, dim=-1))             # [B_i, C] Z = log Σ_i exp(γ2 cos)
     return torch.cat(columns, dim=1)
 
