@@ -16,6 +16,7 @@ from ..core import Profile
 from ..data.real import load_task_dataset
 from ..data.synth import SynthGrounding
 from ..data.transforms import boxes_to_mask, collate, map_to_original
+from ..losses.ops import cosine_matrix
 
 # %% auto #0
 __all__ = ['PHRASE_SPACES', 'FLAT_RTOL', 'MIOU_THRESHOLDS', 'GROUNDING_METRICS', 'similarity_map', 'phrase_space',
@@ -30,7 +31,7 @@ def similarity_map(phrase_emb: torch.Tensor,   # [B, D] global embedding of each
     h, w = grid
     if local_emb.shape[1] != h * w:
         raise ValueError(f"local_emb has {local_emb.shape[1]} regions but grid {grid} has {h * w}")
-    sim = torch.einsum('bnd,bd->bn', F.normalize(local_emb, dim=-1), F.normalize(phrase_emb, dim=-1))  # [B, N]
+    sim = cosine_matrix(local_emb, phrase_emb[:, None])[..., 0]   # [B, N] cos(v_j, phrase)
     return sim.reshape(-1, h, w)
 
 # %% ../../nbs/54_eval.grounding.ipynb #daf3e745

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.synth import KINDS, SynthDataset, geometry, zone_region
 from ..data.transforms import collate
+from ..losses.ops import cosine_matrix
 
 # %% auto #0
 __all__ = ['ZONE_NAMES', 'FINDING_NAMES', 'self_similarity', 'pair_values', 'average_ranks', 'spearman', 'knn_overlap',
@@ -21,8 +22,7 @@ __all__ = ['ZONE_NAMES', 'FINDING_NAMES', 'self_similarity', 'pair_values', 'ave
 # %% ../../nbs/55_eval.locality.ipynb #5fa80942
 def self_similarity(x: torch.Tensor) -> torch.Tensor:   # [B, N, D] → [B, N, N]
     "Cosine similarity of every pair of local elements within each sample."
-    x = F.normalize(x, dim=-1)
-    return x @ x.transpose(1, 2)
+    return cosine_matrix(x, x)
 
 def pair_values(sim: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "Entries i < j of each [B, N, N] matrix as [B, N(N−1)/2], with their validity (both elements unmasked)."
