@@ -18,7 +18,7 @@ from ..data.synth import MSCXR_CATEGORIES, SEG_TASKS, SynthClassification
 from ..data.transforms import map_to_original
 from ..models.methods import build_method
 from .retrieval import global_similarity, precision_at_k, relevance, retrieval_split
-from .transfer import ImageClassifier, accuracy, auroc, targets_from_labels, train_classifier
+from .transfer import ImageClassifier, accuracy, auroc, fit_classifier, targets_from_labels
 from .segmentation import SegmentationConfig, dice_per_image, evaluate_segmentation, segmentation_datasets
 from .grounding import cnr, grounding_dataset, miou, peak_in_region, phrase_region
 
@@ -171,7 +171,7 @@ class SupervisedRecipe:
     seg_epochs: int = 12           # U-Net epochs per task; the best validation epoch is kept (train_segmentation)
     seg_lr: float = 1e-3           # Adam, encoder and decoder together (LoVT's SIIM rate)
     decoder_width: int = 64        # first U-Net decoder block; the next ones halve (the `quick` reproduce protocol's width)
-    cls_epochs: int = 20           # fine-tuning epochs of the 5-way classifier
+    cls_epochs: int = 20           # fine-tuning epochs of the 5-way classifier; the best validation epoch is kept
     cls_lr: float = 1e-3           # Adam
     grounding_epochs: int = 20     # epochs of the grounding readout (encoder fine-tuned with it)
     grounding_lr: float = 1e-3     # Adam
@@ -216,9 +216,9 @@ def classification_reference(profile: str | Profile = 'quick', recipe: Supervise
                              device: str | torch.device = 'cpu') -> dict:
     "{'accuracy' | 'auroc' | 'prec@10': {'supervised', 'chance'}} of the fine-tuned encoder on the SynthCXR 5×200 set."
     prof, r, columns = get_profile(profile), recipe or SupervisedRecipe(), [CHEXPERT_LABELS.index(c) for c in CHEXPERT_5]
-    train, test = (materialise(SynthClassification(split, prof, seed=0)) for split in ('train', 'test'))
-    model = ImageClassifier(random_method(prof, seed), len(columns), freeze=False)
-    train_classifier(model, train, columns, r.cls_epochs, r.cls_lr, batch_size=prof.batch_size, seed=seed, device=device)
+    train, val, test = (materialise(SynthClassification(split, prof, seed=0)) for split in ('train', 'valid', 'test'))
+    model = ImageClassifier(random_method(prof, seed), len(columns), freeze=False, freeze_bn=False)   # from scratch: BN trains
+    fit_classifier(model, train, val, columns, r.cls_epochs, r.cls_epochs, r.cls_lr, batch_size=prof.batch_size, seed=seed, device=device)
     model.eval()
     with torch.no_grad():
         feats = torch.cat([model.features(x.to(device)) for x in torch.stack([it['image'] for it in test]).split(64)])  # [N, F]
