@@ -146,9 +146,13 @@ def test_eval_segmentation_smoke(tmp_path):
     from elvis_nb.runner import run_experiment
     r = run_experiment('eval_segmentation', tmp_path, profile='smoke', device='cpu', tasks='pneumothorax',
                        fractions='0.1,1.0', modes='frozen,finetune', decoder_width=16)
-    assert {'table', 'results', 'skipped', 'n_skipped', 'method', 'figures'} <= set(r)
+    assert {'table', 'status', 'fit_health', 'results', 'skipped', 'n_skipped', 'method', 'figures'} <= set(r)
     assert set(r['table']['pneumothorax']) == {'frozen', 'finetune'} and len(r['results']) == 4
-    assert all(0 <= x['dice'] <= 1 for x in r['results'])
+    assert set(r['table']['pneumothorax']['frozen']) == {'0.1', '1.0'}
+    for x in r['results']:
+        assert x['status'] in ('ok', 'collapsed', 'not_converged') and isinstance(x['reason'], str)
+        assert (x['dice'] is None) == (x['status'] != 'ok') and (x['dice'] is None or 0 <= x['dice'] <= 1)
+        assert r['table']['pneumothorax'][x['mode']][str(x['fraction'])] == x['dice']
     assert 'dice_vs_fraction.png' in r['figures'] and (tmp_path / 'dice_vs_fraction.png').exists()
 
 
