@@ -69,13 +69,13 @@ class DecoderBlock(nn.Module):
         return self.convs(x)
 
 class UNetDecoder(nn.Module):
-    "U-Net decoder from ResNet stage maps at strides 4, 8, 16, 32 to one logit per input pixel."
+    "U-Net decoder from ResNet stage maps at strides 4, 8, 16, 32 to one logit per input pixel (3 blocks: at stride 4, upsampled)."
     def __init__(self, encoder_channels: tuple[int, ...],                     # channels of the stride-4, 8, 16, 32 maps
-                 decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)):  # widths of the 5 blocks (smp's default)
+                 decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)):  # widths of the 3 to 5 blocks (smp's default: 5)
         super().__init__()
-        if len(encoder_channels) != 4 or len(decoder_channels) != 5:
-            raise ValueError(f"UNetDecoder needs 4 encoder widths and 5 decoder widths, got {encoder_channels} and {decoder_channels}")
-        skips = (*encoder_channels[2::-1], 0, 0)                              # skips at strides 16, 8, 4, then none
+        if len(encoder_channels) != 4 or not 3 <= len(decoder_channels) <= 5:
+            raise ValueError(f"UNetDecoder needs 4 encoder widths and 3 to 5 decoder widths, got {encoder_channels} and {decoder_channels}")
+        skips = (*encoder_channels[2::-1], 0, 0)[:len(decoder_channels)]      # skips at strides 16, 8, 4, then none
         c_ins = (encoder_channels[3], *decoder_channels[:-1])
         self.blocks = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in zip(c_ins, skips, decoder_channels))
         self.head = nn.Conv2d(decoder_channels[-1], 1, 3, padding=1)
@@ -125,6 +125,7 @@ class SegmentationConfig:
     lr: float = 5e-4                   # GLoRIA 5e-4; LoVT 1e-3 (SIIM), 3e-4 / 1e-4 (COVID frozen / FT)
     weight_decay: float = 1e-6         # GLoRIA and LoVT
     epochs: int = 0                    # 0: the profile's `finetune_epochs`
+    min_epoch_steps: int = 0           # an epoch over a small subset repeats it until this many mini-batches (0: one pass)
     patience: int = 10                 # stop after this many epochs without a validation gain (LoVT: 10 SIIM, 20 COVID)
     min_drop: float = 0.05             # fit health: the training loss must fall by this share (chapter 52)
     batch_size: int = 8                # GLoRIA and LoVT-COVID: 8
@@ -229,7 +230,9 @@ def train_segmentation(net: SegmentationNet, train_data: Dataset | StageCache, v
     history, best, best_state, waited = [], -1.0, None, 0
     for epoch in range(epochs):
         net.train(); losses = []
-        for stages, masks in stage_batches(net, train_data, cfg.batch_size, device, torch.randperm(len(train_data), generator=gen)):
+        reps = max(1, math.ceil(cfg.min_epoch_steps * cfg.batch_size / len(train_data)))   # passes in this epoch
+        order = torch.cat([torch.randperm(len(train_data), generator=gen) for _ in range(reps)])
+        for stages, masks in stage_batches(net, train_data, cfg.batch_size, device, order):
             loss = segmentation_loss(net.decode(stages, masks.shape[-2:]), masks, cfg.loss, cfg.alpha)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
             losses.append(loss.item())
@@ -263,10 +266,11 @@ def evaluate_segmentation(image_encoder: nn.Module, train_set: Dataset, val_set:
             'cached_encoder_maps': isinstance(train_data, StageCache), 'history': history}, net
 
 # %% ../../nbs/53_eval.segmentation.ipynb #33a1820d
-SEGMENTATION_PROFILES = {  # profile → eval_segmentation defaults (modes, fractions, U-Net width, epoch budget, patience)
-    'smoke': dict(modes='frozen', fractions='0.1,1.0', decoder_width=16, epochs=2, patience=1),
-    'quick': dict(modes='frozen', fractions='0.01,0.1,1.0', decoder_width=16, epochs=6, patience=2),
-    'paper': dict(modes='frozen,finetune', fractions='0.01,0.1,1.0', decoder_width=256, epochs=100, patience=10),
+SEGMENTATION_PROFILES = {  # profile → eval_segmentation defaults: modes, fractions, U-Net (first width, blocks), budget
+    'smoke': dict(modes='frozen', fractions='0.1,1.0', decoder_width=16, decoder_blocks=3, epochs=2, patience=1, min_epoch_steps=2),
+    'quick': dict(modes='frozen', fractions='0.01,0.1,1.0', decoder_width=32, decoder_blocks=3, epochs=6, patience=2, min_epoch_steps=25),
+    'paper': dict(modes='frozen,finetune', fractions='0.01,0.1,1.0', decoder_width=256, decoder_blocks=5, epochs=100, patience=10,
+                  min_epoch_steps=0),
 }
 
 # %% ../../nbs/53_eval.segmentation.ipynb #0e81cfab

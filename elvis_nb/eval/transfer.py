@@ -240,7 +240,7 @@ def _score(logits, labels, columns, class_names, uncertain) -> dict:
 
 def evaluate_transfer(method, train_set, val_set, test_set, columns, class_names=None, modes=TRANSFER_MODES,
                       fractions=(0.01, 0.1, 1.0), probe_epochs: int = 200, finetune_epochs: int = 10, probe_patience: int = 20,
-                      finetune_patience: int = 3, probe_lr: float = 1e-3, finetune_lr: float = 1e-4, feature: str = 'global_feats',
+                      finetune_patience: int = 3, probe_lr: float = 1e-2, finetune_lr: float = 1e-4, feature: str = 'global_feats',
                       uncertain: str = 'ignore', batch_size: int = 32, seed: int = 0, min_drop: float = 0.05, device='cpu') -> dict:
     "{mode: {'<fraction>': cell}} for mode in `modes`: AUROC and accuracy of the probe and of LP-FT fine-tuning per fraction."
     bad = [m for m in modes if m not in TRANSFER_MODES]
@@ -255,7 +255,7 @@ def evaluate_transfer(method, train_set, val_set, test_set, columns, class_names
         idx = label_fraction(len(pool[1]), f, seed, positives)
         probes = {}                                                                      # init seed → fitted probe head
         def probe(s):
-            torch.manual_seed(s); clf = copy.deepcopy(frozen); clf.head.reset_parameters()
+            clf = copy.deepcopy(frozen); nn.init.zeros_(clf.head.weight); nn.init.zeros_(clf.head.bias)   # w = 0: starts at chance
             fit = fit_classifier(clf, (pool[0][idx], pool[1][idx]), val, columns, probe_epochs, probe_patience, probe_lr,
                                  batch_size=batch_size, uncertain=uncertain, seed=s, device=device)
             probes[s] = (clf.head.state_dict(), fit)
