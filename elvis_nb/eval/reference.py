@@ -19,16 +19,16 @@ from ..data.transforms import map_to_original
 from ..models.methods import build_method
 from .retrieval import global_similarity, precision_at_k, relevance, retrieval_split
 from .transfer import ImageClassifier, accuracy, auroc, fit_classifier, targets_from_labels
-from .segmentation import SegmentationConfig, dice_per_image, evaluate_segmentation, segmentation_datasets
+from .segmentation import SEGMENTATION_PROFILES, SegmentationConfig, dice_per_image, evaluate_segmentation, segmentation_datasets
 from .grounding import cnr, grounding_dataset, miou, peak_in_region, phrase_region
 
 # %% auto #0
 __all__ = ['REF_COLUMNS', 'FRACTIONS', 'CONVIRT_REF', 'GLORIA_REF', 'ELVIS_REF', 'LOVT_REF', 'MGCA_REF', 'BIOVIL_REF',
            'SUPERVISED_REFERENCE_PATH', 'SYNTH_TASK_PROTOCOL', 'SYNTH_ENTRY_PROTOCOL', 'REFERENCE_METHODS',
            'reference_table', 'rows_from_results', 'segmentation_chance', 'SupervisedRecipe', 'materialise',
-           'random_method', 'segmentation_reference', 'retrieval_reference', 'classification_reference',
-           'GroundingReadout', 'box_coverage', 'class_mean_scores', 'grounding_reference', 'supervised_reference',
-           'synth_reference_rows', 'synth_reference_table', 'comparison_table']
+           'random_method', 'random_frozen_dice', 'segmentation_reference', 'retrieval_reference',
+           'classification_reference', 'GroundingReadout', 'box_coverage', 'class_mean_scores', 'grounding_reference',
+           'supervised_reference', 'synth_reference_rows', 'synth_reference_table', 'comparison_table']
 
 # %% ../../nbs/56_eval.reference.ipynb #9cea4a0a
 REF_COLUMNS = ('protocol', 'dataset', 'metric', 'setting', 'method', 'value', 'reported', 'paper', 'table', 'tag',
@@ -188,16 +188,25 @@ def random_method(profile: str | Profile, seed: int = 0) -> nn.Module:
     return build_method('convirt', profile)
 
 # %% ../../nbs/56_eval.reference.ipynb #87743265
+def random_frozen_dice(task: str, profile: str | Profile = 'quick', seed: int = 0, device: str | torch.device = 'cpu') -> dict:
+    "{'dice', 'dice_positive'} of a frozen random encoder under `eval_segmentation`'s protocol of `profile`, 100 % of the labels."
+    d = SEGMENTATION_PROFILES[get_profile(profile).name]
+    cfg = SegmentationConfig(task, 1.0, freeze_encoder=True, patience=d['patience'], min_epoch_steps=d['min_epoch_steps'], seed=seed,
+                             decoder_channels=tuple(max(d['decoder_width'] // 2 ** i, 4) for i in range(d['decoder_blocks'])))
+    res, _ = evaluate_segmentation(random_method(profile, seed).image_encoder, *segmentation_datasets(task, profile, seed), cfg, d['epochs'], device)
+    return {m: res[m] for m in ('dice', 'dice_positive')}
+
 def segmentation_reference(task: str, profile: str | Profile = 'quick', recipe: SupervisedRecipe | None = None,
                            seed: int = 0, device: str | torch.device = 'cpu') -> dict:
-    "{'dice' | 'dice_positive': {'supervised', 'chance_empty', 'chance_whole'}} of the fully supervised U-Net on `task`."
+    "{'dice' | 'dice_positive': {'supervised', 'chance_empty', 'chance_whole', 'random_frozen'}}: the bounds of `task` and the random row."
     r = recipe or SupervisedRecipe()
     train, val, test = (materialise(d) for d in segmentation_datasets(task, profile, seed))
     cfg = SegmentationConfig(task, 1.0, freeze_encoder=False, lr=r.seg_lr, batch_size=r.seg_batch_size, seed=seed,
                              decoder_channels=tuple(max(r.decoder_width // 2 ** i, 4) for i in range(5)))
     res, _ = evaluate_segmentation(random_method(profile, seed).image_encoder, train, val, test, cfg, r.seg_epochs, device)
     chance = segmentation_chance(torch.stack([it['mask'] for it in test]))      # [N, 1, S, S]
-    return {m: {'supervised': res[m], **chance[m]} for m in ('dice', 'dice_positive')}
+    rand = random_frozen_dice(task, profile, seed, device)
+    return {m: {'supervised': res[m], **chance[m], 'random_frozen': rand[m]} for m in ('dice', 'dice_positive')}
 
 # %% ../../nbs/56_eval.reference.ipynb #c4606fa3
 def retrieval_reference(features: torch.Tensor,  # [N, F] image features of a labelled set
@@ -315,7 +324,8 @@ SYNTH_TASK_PROTOCOL = {'chexpert5': ('zero-shot (5x200)', 'SynthCXR 5x200'), 'pn
                        'grounding': ('phrase grounding', 'SynthCXR grounding')}
 SYNTH_ENTRY_PROTOCOL = {'chexpert5_prec@10': 'retrieval image->image (5x200)'}   # entries outside their task's protocol
 REFERENCE_METHODS = {'supervised': 'supervised upper bound', 'chance': 'chance', 'chance_empty': 'chance (empty mask)',
-                     'chance_whole': 'chance (whole image)', 'chance_random': 'chance (random map)'}
+                     'chance_whole': 'chance (whole image)', 'chance_random': 'chance (random map)',
+                     'random_frozen': 'random initialisation (frozen encoder, 100 %)'}
 
 def synth_reference_rows(path: str | Path | None = None) -> list[dict]:
     "Chance and supervised rows from `data_samples/synth_reference.json` ([] when the file is absent)."

@@ -122,7 +122,7 @@ class SegmentationConfig:
     freeze_encoder: bool = True        # True: frozen encoder (MGCA, LoVT 'frozen'); False: fine-tuned (GLoRIA, LoVT 'FT')
     loss: str = 'dice'                 # 'dice' (LoVT) or 'mixed' (GLoRIA: α·focal − log Dice)
     alpha: float = 10.0                # focal weight α of the mixed loss (GLoRIA: 10)
-    lr: float = 5e-4                   # GLoRIA 5e-4; LoVT 1e-3 (SIIM), 3e-4 / 1e-4 (COVID frozen / FT)
+    lr: float = 1e-3                   # LoVT 1e-3 (SIIM), 3e-4 / 1e-4 (COVID frozen / FT); GLoRIA 5e-4
     weight_decay: float = 1e-6         # GLoRIA and LoVT
     epochs: int = 0                    # 0: the profile's `finetune_epochs`
     min_epoch_steps: int = 0           # an epoch over a small subset repeats it until this many mini-batches (0: one pass)

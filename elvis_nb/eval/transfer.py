@@ -102,9 +102,11 @@ class ImageClassifier(nn.Module):
                  freeze_bn: bool = True):  # fine-tuning: keep the encoder's BatchNorm statistics (see above)
         super().__init__()
         self.method, self.feature, self.freeze, self.freeze_bn = method, feature, freeze, freeze_bn
-        if n_features is None:   # infer the width from one dummy image of the method's size
-            S = method.profile.image_size
-            with torch.no_grad(): n_features = self.features(torch.zeros(1, 1, S, S)).shape[1]
+        if n_features is None:   # infer the width from one dummy image of the method's size (eval mode: a batch of 1)
+            S, was_training = method.profile.image_size, method.training
+            method.eval()
+            with torch.no_grad(): n_features = image_features(self.encode(torch.zeros(1, 1, S, S)), feature).shape[1]
+            method.train(was_training)
         self.head = nn.Linear(n_features, n_classes)
 
     def train(self, mode: bool = True):
