@@ -150,7 +150,7 @@ def rows_from_results(results: dict, method: str, dataset: str = 'SynthCXR') -> 
             if kind in zs: add(protocol, 'accuracy', kind, zs[kind]['accuracy']); add(protocol, 'f1', kind, zs[kind]['macro_f1'])
     for mode, res in results.get('transfer', {}).items():
         for frac, r in res.items():
-            if isinstance(r, dict) and 'auroc_mean' in r:
+            if isinstance(r, dict) and r.get('auroc_mean') is not None:   # an excluded fit (None) is no row
                 add({'probe': 'linear probe', 'finetune': 'fine-tune'}[mode], 'auroc', f'{100 * float(frac):g}%', r['auroc_mean'])
     return rows
 

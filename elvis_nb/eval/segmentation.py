@@ -268,6 +268,8 @@ def evaluate_segmentation(image_encoder: nn.Module, train_set: Dataset, val_set:
 # %% ../../nbs/53_eval.segmentation.ipynb #33a1820d
 SEGMENTATION_PROFILES = {  # profile → eval_segmentation defaults: modes, fractions, U-Net (first width, blocks), budget
     'smoke': dict(modes='frozen', fractions='0.1,1.0', decoder_width=16, decoder_blocks=3, epochs=2, patience=1, min_epoch_steps=2),
+    # quick: 9 frozen fits (3 tasks × 1/10/100 %), one encoder pass per task over 600 images: ~39 s of one core per
+    # checkpoint (with the kernel's start and SynthCXR rendering; OMP_NUM_THREADS=1, machine contended)
     'quick': dict(modes='frozen', fractions='0.01,0.1,1.0', decoder_width=32, decoder_blocks=3, epochs=6, patience=2, min_epoch_steps=25),
     'paper': dict(modes='frozen,finetune', fractions='0.01,0.1,1.0', decoder_width=256, decoder_blocks=5, epochs=100, patience=10,
                   min_epoch_steps=0),

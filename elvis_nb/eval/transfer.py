@@ -282,6 +282,8 @@ def evaluate_transfer(method, train_set, val_set, test_set, columns, class_names
 # %% ../../nbs/52_eval.transfer.ipynb #f3df6681
 TRANSFER_PROFILES = {  # profile → evaluate_transfer budget; n_pool / n_val: SynthCXR training pool and validation images
     'smoke': dict(n_pool=24, n_val=24, probe_epochs=20, probe_patience=5, finetune_epochs=1, finetune_patience=1),
+    # quick: 6 fits (probe and LP-FT at 1/10/100 %) on 200 + 100 + 200 images: ~15 s of one core per checkpoint
+    # (measured with the kernel's start, OMP_NUM_THREADS=1, machine contended); fine-tuning at 100 % is most of it
     'quick': dict(n_pool=200, n_val=100, probe_epochs=200, probe_patience=20, finetune_epochs=6, finetune_patience=2),
     'paper': dict(n_pool=None, n_val=None, probe_epochs=200, probe_patience=20, finetune_epochs=50, finetune_patience=10),
 }   # None: the real dataset's split (SynthCXR: the profile's n_eval)
