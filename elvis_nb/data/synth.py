@@ -17,11 +17,11 @@ from .transforms import make_geometry
 # %% auto #0
 __all__ = ['ZONES', 'KINDS', 'KIND_LABEL', 'MM_PER_UNIT', 'GROUND_GLASS_FIELD', 'DENSITY', 'LOCATION_WORDS', 'SIZE_WORDS',
            'NEGATIONS', 'P_NEGATE', 'NORMAL_IMPRESSIONS', 'FILLER', 'P_TYPO', 'CLASS_KIND', 'MSCXR_CATEGORIES',
-           'SEG_TASKS', 'PRETRAIN_PRIOR', 'DISTRACTORS', 'TASKS', 'MIMIC_SPLIT', 'MSCXR_SPLIT', 'study_rng',
-           'sample_patient', 'lung_point', 'Geometry', 'geometry', 'zone_region', 'Finding', 'sample_finding',
-           'part_shape', 'mask_box', 'render', 'Sentence', 'write_report', 'aggregate_labels', 'Study', 'make_study',
-           'report_corpus', 'SynthDataset', 'SynthPretrain', 'SynthClassification', 'SynthSegmentation',
-           'SynthGrounding', 'mimic_report', 'export_layouts', 'plot_study', 'plot_gallery']
+           'SEG_TASKS', 'PRETRAIN_PRIOR', 'DISTRACTORS', 'TASKS', 'RENDER_VERSION', 'MIMIC_SPLIT', 'MSCXR_SPLIT',
+           'study_rng', 'sample_patient', 'lung_point', 'Geometry', 'geometry', 'zone_region', 'Finding',
+           'sample_finding', 'part_shape', 'mask_box', 'render', 'Sentence', 'write_report', 'aggregate_labels',
+           'Study', 'make_study', 'report_corpus', 'SynthDataset', 'SynthPretrain', 'SynthClassification',
+           'SynthSegmentation', 'SynthGrounding', 'mimic_report', 'export_layouts', 'plot_study', 'plot_gallery']
 
 # %% ../../nbs/10_data.synth.ipynb #6bc6b722
 def study_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
@@ -540,6 +540,8 @@ def report_corpus(n: int, seed: int = 0, split: str = 'pretrain/train') -> list[
     return [make_study(seed, split, i).text for i in range(n)]
 
 # %% ../../nbs/10_data.synth.ipynb #675a57c8
+RENDER_VERSION = 2   # bump whenever rendered pixels change: cached renders live under v<RENDER_VERSION>/ (2: GROUND_GLASS_FIELD)
+
 class SynthDataset(torch.utils.data.Dataset):
     "Sample i of `<task>/<split>` under `seed`, rendered at the profile's size (base of the SynthCXR datasets)."
     task = 'pretrain'
@@ -562,7 +564,7 @@ class SynthDataset(torch.utils.data.Dataset):
         "(study, image [S, S], masks [F, S, S], boxes [P, 5]) of item `i`, from the cache when there is one."
         st = self.study(i)
         if self.cache is None: return (st, *render(st, self.size))
-        f = self.cache / self.task / self.split / f'seed{self.seed}' / str(self.size) / f'{i:06d}.npz'
+        f = self.cache / f'v{RENDER_VERSION}' / self.task / self.split / f'seed{self.seed}' / str(self.size) / f'{i:06d}.npz'
         if f.exists():
             z = np.load(f)
             return st, z['image'].astype(np.float32) / 255, np.unpackbits(z['masks'], axis=-1, count=self.size).astype(bool), z['boxes']

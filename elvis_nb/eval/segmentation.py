@@ -198,7 +198,7 @@ def segmentation_datasets(task: str, profile: str | Profile = 'smoke', seed: int
     if data_root:
         train = load_task_dataset(f'segmentation_{task}', 'train', profile, data_root, seed, fraction=fraction)
         return (train, *(load_task_dataset(f'segmentation_{task}', split, profile, data_root, seed) for split in ('val', 'test')))
-    train, val, test = (SynthSegmentation(task, split, profile, seed=0) for split in ('train', 'valid', 'test'))
+    train, val, test = (SynthSegmentation(task, split, profile, seed=0, cache=True) for split in ('train', 'valid', 'test'))  # renders cached on disk
     return fraction_subset(train, fraction, seed), val, test
 
 # %% ../../nbs/53_eval.segmentation.ipynb #ce7b0314
