@@ -233,9 +233,13 @@ def test_eval_segmentation_smoke(tmp_path):
     from elvis_nb.runner import run_experiment
     r = run_experiment('eval_segmentation', tmp_path, profile='smoke', device='cpu', tasks='pneumothorax',
                        fractions='0.1,1.0', modes='frozen,finetune', decoder_width=16)
-    assert {'table', 'results', 'skipped', 'n_skipped', 'method', 'figures'} <= set(r)
+    assert {'table', 'status', 'fit_health', 'results', 'skipped', 'n_skipped', 'method', 'figures'} <= set(r)
     assert set(r['table']['pneumothorax']) == {'frozen', 'finetune'} and len(r['results']) == 4
-    assert all(0 <= x['dice'] <= 1 for x in r['results'])
+    assert set(r['table']['pneumothorax']['frozen']) == {'0.1', '1.0'}
+    for x in r['results']:
+        assert x['status'] in ('ok', 'collapsed', 'not_converged') and isinstance(x['reason'], str)
+        assert (x['dice'] is None) == (x['status'] != 'ok') and (x['dice'] is None or 0 <= x['dice'] <= 1)
+        assert r['table']['pneumothorax'][x['mode']][str(x['fraction'])] == x['dice']
     assert 'dice_vs_fraction.png' in r['figures'] and (tmp_path / 'dice_vs_fraction.png').exists()
 
 
@@ -266,3 +270,96 @@ def test_checkpoint_of_another_method_is_refused(tmp_path):
     build_method('convirt', 'smoke').save_pretrained(tmp_path / 'ckpt')
     with pytest.raises(ValueError, match='convirt'):
         load_method(tmp_path / 'ckpt', 'elvis', 'smoke')
+
+
+# ---------------------------------------------------------------- fit health, nested fractions, fine-tuning (chapters 52, 53)
+class _ToyEncoder(torch.nn.Module):
+    "A Method-like stand-in: per image, its mean brightness and its horizontal-edge energy, times learnable weights."
+    def __init__(self, dead: bool = False):
+        super().__init__()
+        from types import SimpleNamespace
+        self.profile, self.dead, self.w = SimpleNamespace(image_size=16), dead, torch.nn.Parameter(torch.ones(2))
+        self.bn = torch.nn.BatchNorm1d(2)
+
+    def encode_image(self, x):
+        from types import SimpleNamespace
+        f = torch.stack([x.mean((1, 2, 3)), (x[..., 1:] - x[..., :-1]).abs().mean((1, 2, 3))], 1)   # [B, 2]
+        f = self.bn(f * self.w) * (0 if self.dead else 1)
+        return SimpleNamespace(global_feats=f, global_emb=f, local_feats=f[:, None], local_emb=f[:, None], grid=(1, 1))
+
+
+class _ToySet(torch.utils.data.Dataset):
+    "Class 0: bright image; class 1: striped image (labels over CHEXPERT_LABELS' 14 columns, the first two used)."
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.lab = (torch.rand(n, 2, generator=g) < 0.5).float()
+        stripes = (torch.arange(16) % 2).float().expand(16, 16)
+        self.img = (0.1 * torch.rand(n, 1, 16, 16, generator=g) + 0.5 * self.lab[:, 0, None, None, None]
+                    + 0.4 * self.lab[:, 1, None, None, None] * stripes)
+    def __len__(self): return len(self.lab)
+    def __getitem__(self, i): return {'id': str(i), 'image': self.img[i], 'labels': torch.cat([self.lab[i], torch.zeros(12)])}
+
+
+def test_collapse_detector_flags_constant_predictions_and_passes_healthy_ones():
+    from elvis_nb.eval.transfer import constant_classes, fit_health
+    from elvis_nb.eval.segmentation import mask_collapse
+    scores = torch.stack([torch.full((8,), -2.0), torch.linspace(-1, 1, 8)], 1)      # class 0 constant, class 1 ranks
+    assert constant_classes(scores) == [0] and constant_classes(scores[:, 1:]) == []
+    positive = torch.tensor([True, True, False, False])
+    assert mask_collapse(torch.zeros(4), positive).startswith('empty mask')
+    assert mask_collapse(torch.ones(4), positive).startswith('whole-image mask')
+    assert mask_collapse(torch.tensor([0.05, 0.0, 0.0, 0.01]), positive) == ''
+    assert fit_health([0.98, 0.97, 0.96])['status'] == 'not_converged'               # the issue's U-Net
+    assert fit_health([0.9, 0.5], mask_collapse(torch.zeros(4), positive))['status'] == 'collapsed'
+    assert fit_health([0.9, 0.5, 0.3]) == {'status': 'ok', 'reason': ''}
+
+
+def test_empty_mask_unet_is_detected():
+    from elvis_nb.eval.segmentation import SegmentationNet, mask_collapse, segmentation_scores
+    from elvis_nb.models.encoders import ImageEncoder, resnet_backbone
+
+    class Empty(torch.nn.Module):
+        def forward(self, stages, size): return torch.full((len(stages[0]), 1, *size), -10.0)
+    net = SegmentationNet(ImageEncoder(resnet_backbone('tiny')[0]), True, (8, 8, 8)); net.decoder = Empty()
+    masks = torch.zeros(4, 1, 64, 64); masks[:2, :, 10:20, 10:20] = 1
+    data = [{'image': torch.rand(1, 64, 64), 'mask': m} for m in masks]
+    dice, pos, area = segmentation_scores(net, data, batch_size=4)
+    assert dice[pos].eq(0).all() and dice[~pos].eq(1).all() and dice.mean() == 0.5   # the issue's "Dice 0.5"
+    assert mask_collapse(area, pos) == 'empty mask on all 2 positive images'
+
+
+def test_nested_fractions_are_subsets_and_hold_a_positive():
+    from elvis_nb.eval.transfer import label_fraction
+    from elvis_nb.eval.segmentation import fraction_subset, mask_positives
+    from elvis_nb.data.synth import SynthSegmentation
+    pos = torch.zeros(200, 3, dtype=torch.bool); pos[[5, 150], 0] = True; pos[::2, 1] = True
+    sets = [set(label_fraction(200, f, seed=1, positives=pos).tolist()) for f in (0.01, 0.1, 1.0)]
+    assert sets[0] <= sets[1] <= sets[2] and len(sets[2]) == 200
+    assert all(pos[sorted(s)][:, :2].any(0).all() for s in sets)                     # a positive of each class that has one
+    seg = SynthSegmentation('pneumothorax', 'train', 'smoke')
+    small, big = fraction_subset(seg, 0.05, 0), fraction_subset(seg, 0.5, 0)
+    assert set(small.indices) <= set(big.indices) and mask_positives(seg)[small.indices].any()
+
+
+def test_finetuning_beats_chance_and_matches_the_probe_on_a_toy_task():
+    from elvis_nb.eval.transfer import evaluate_transfer
+    torch.manual_seed(0)
+    res = evaluate_transfer(_ToyEncoder(), _ToySet(64, 0), _ToySet(32, 2), _ToySet(48, 1), [0, 1], ['bright', 'striped'],
+                            fractions=(0.1, 1.0), probe_lr=0.1, finetune_lr=0.01, finetune_epochs=4, batch_size=8)
+    for f in ('0.1', '1.0'):
+        ft, pr = res['finetune'][f], res['probe'][f]
+        assert ft['status'] == 'ok' and ft['auroc_mean'] > 0.8, ft
+        assert ft['best_val_auroc'] >= pr['best_val_auroc'] - 1e-9      # LP-FT never ends below its probe on validation
+    assert res['probe']['0.1']['n_train'] < res['probe']['1.0']['n_train'] == 64
+
+
+def test_excluded_fit_is_null_in_results_json():
+    import json
+    from elvis_nb.eval.transfer import evaluate_transfer
+    res = evaluate_transfer(_ToyEncoder(dead=True), _ToySet(32, 0), _ToySet(16, 2), _ToySet(16, 1), [0, 1],
+                            modes=('probe',), fractions=(1.0,), probe_epochs=3)
+    cell = json.loads(json.dumps(res))['probe']['1.0']
+    assert cell['status'] == 'collapsed' and cell['rerun'] and 'constant prediction' in cell['reason']
+    assert cell['auroc_mean'] is None and cell['accuracy'] is None and cell['auroc'] is None
+    from elvis_nb.reproduce import flatten_numbers
+    assert not any(k.endswith('auroc_mean') for k in flatten_numbers({'transfer': res}))   # never averaged

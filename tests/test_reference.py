@@ -68,3 +68,13 @@ def test_rows_and_table(ref):
     assert {r['dataset'] for r in rows} == {d for _, d in SYNTH_TASK_PROTOCOL.values()}
     table = synth_reference_table()
     assert table.columns[0] == 'supervised upper bound' and len(table) == len(ref) - 1
+
+
+def test_every_segmentation_task_leaves_room(ref):
+    "The frozen random encoder at 100 % keeps at least a quarter of the chance-to-bound gap below the supervised bound."
+    for task in SEG:
+        for metric in ('dice', 'dice_positive'):
+            vals = ref[f'{task}_{metric}']
+            chance = max(v for k, v in vals.items() if k.startswith('chance'))
+            room = (vals['supervised'] - vals['random_frozen']) / (vals['supervised'] - chance)
+            assert room >= 0.25, f"{task} {metric}: random init {vals['random_frozen']} vs bound {vals['supervised']} (chance {chance}): saturated"

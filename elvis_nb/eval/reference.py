@@ -18,17 +18,17 @@ from ..data.synth import MSCXR_CATEGORIES, SEG_TASKS, SynthClassification
 from ..data.transforms import map_to_original
 from ..models.methods import build_method
 from .retrieval import global_similarity, precision_at_k, relevance, retrieval_split
-from .transfer import ImageClassifier, accuracy, auroc, targets_from_labels, train_classifier
-from .segmentation import SegmentationConfig, dice_per_image, evaluate_segmentation, segmentation_datasets
+from .transfer import ImageClassifier, accuracy, auroc, fit_classifier, targets_from_labels
+from .segmentation import SEGMENTATION_PROFILES, SegmentationConfig, dice_per_image, evaluate_segmentation, segmentation_datasets
 from .grounding import cnr, grounding_dataset, miou, peak_in_region, phrase_region
 
 # %% auto #0
 __all__ = ['REF_COLUMNS', 'FRACTIONS', 'CONVIRT_REF', 'GLORIA_REF', 'ELVIS_REF', 'LOVT_REF', 'MGCA_REF', 'BIOVIL_REF',
            'SUPERVISED_REFERENCE_PATH', 'SYNTH_TASK_PROTOCOL', 'SYNTH_ENTRY_PROTOCOL', 'REFERENCE_METHODS',
            'reference_table', 'rows_from_results', 'segmentation_chance', 'SupervisedRecipe', 'materialise',
-           'random_method', 'segmentation_reference', 'retrieval_reference', 'classification_reference',
-           'GroundingReadout', 'box_coverage', 'class_mean_scores', 'grounding_reference', 'supervised_reference',
-           'synth_reference_rows', 'synth_reference_table', 'comparison_table']
+           'random_method', 'random_frozen_dice', 'segmentation_reference', 'retrieval_reference',
+           'classification_reference', 'GroundingReadout', 'box_coverage', 'class_mean_scores', 'grounding_reference',
+           'supervised_reference', 'synth_reference_rows', 'synth_reference_table', 'comparison_table']
 
 # %% ../../nbs/56_eval.reference.ipynb #9cea4a0a
 REF_COLUMNS = ('protocol', 'dataset', 'metric', 'setting', 'method', 'value', 'reported', 'paper', 'table', 'tag',
@@ -150,7 +150,7 @@ def rows_from_results(results: dict, method: str, dataset: str = 'SynthCXR') -> 
             if kind in zs: add(protocol, 'accuracy', kind, zs[kind]['accuracy']); add(protocol, 'f1', kind, zs[kind]['macro_f1'])
     for mode, res in results.get('transfer', {}).items():
         for frac, r in res.items():
-            if isinstance(r, dict) and 'auroc_mean' in r:
+            if isinstance(r, dict) and r.get('auroc_mean') is not None:   # an excluded fit (None) is no row
                 add({'probe': 'linear probe', 'finetune': 'fine-tune'}[mode], 'auroc', f'{100 * float(frac):g}%', r['auroc_mean'])
     return rows
 
@@ -171,7 +171,7 @@ class SupervisedRecipe:
     seg_epochs: int = 12           # U-Net epochs per task; the best validation epoch is kept (train_segmentation)
     seg_lr: float = 1e-3           # Adam, encoder and decoder together (LoVT's SIIM rate)
     decoder_width: int = 64        # first U-Net decoder block; the next ones halve (the `quick` reproduce protocol's width)
-    cls_epochs: int = 20           # fine-tuning epochs of the 5-way classifier
+    cls_epochs: int = 20           # fine-tuning epochs of the 5-way classifier; the best validation epoch is kept
     cls_lr: float = 1e-3           # Adam
     grounding_epochs: int = 20     # epochs of the grounding readout (encoder fine-tuned with it)
     grounding_lr: float = 1e-3     # Adam
@@ -188,16 +188,25 @@ def random_method(profile: str | Profile, seed: int = 0) -> nn.Module:
     return build_method('convirt', profile)
 
 # %% ../../nbs/56_eval.reference.ipynb #87743265
+def random_frozen_dice(task: str, profile: str | Profile = 'quick', seed: int = 0, device: str | torch.device = 'cpu') -> dict:
+    "{'dice', 'dice_positive'} of a frozen random encoder under `eval_segmentation`'s protocol of `profile`, 100 % of the labels."
+    d = SEGMENTATION_PROFILES[get_profile(profile).name]
+    cfg = SegmentationConfig(task, 1.0, freeze_encoder=True, patience=d['patience'], min_epoch_steps=d['min_epoch_steps'], seed=seed,
+                             decoder_channels=tuple(max(d['decoder_width'] // 2 ** i, 4) for i in range(d['decoder_blocks'])))
+    res, _ = evaluate_segmentation(random_method(profile, seed).image_encoder, *segmentation_datasets(task, profile, seed), cfg, d['epochs'], device)
+    return {m: res[m] for m in ('dice', 'dice_positive')}
+
 def segmentation_reference(task: str, profile: str | Profile = 'quick', recipe: SupervisedRecipe | None = None,
                            seed: int = 0, device: str | torch.device = 'cpu') -> dict:
-    "{'dice' | 'dice_positive': {'supervised', 'chance_empty', 'chance_whole'}} of the fully supervised U-Net on `task`."
+    "{'dice' | 'dice_positive': {'supervised', 'chance_empty', 'chance_whole', 'random_frozen'}}: the bounds of `task` and the random row."
     r = recipe or SupervisedRecipe()
     train, val, test = (materialise(d) for d in segmentation_datasets(task, profile, seed))
     cfg = SegmentationConfig(task, 1.0, freeze_encoder=False, lr=r.seg_lr, batch_size=r.seg_batch_size, seed=seed,
                              decoder_channels=tuple(max(r.decoder_width // 2 ** i, 4) for i in range(5)))
     res, _ = evaluate_segmentation(random_method(profile, seed).image_encoder, train, val, test, cfg, r.seg_epochs, device)
     chance = segmentation_chance(torch.stack([it['mask'] for it in test]))      # [N, 1, S, S]
-    return {m: {'supervised': res[m], **chance[m]} for m in ('dice', 'dice_positive')}
+    rand = random_frozen_dice(task, profile, seed, device)
+    return {m: {'supervised': res[m], **chance[m], 'random_frozen': rand[m]} for m in ('dice', 'dice_positive')}
 
 # %% ../../nbs/56_eval.reference.ipynb #c4606fa3
 def retrieval_reference(features: torch.Tensor,  # [N, F] image features of a labelled set
@@ -216,9 +225,9 @@ def classification_reference(profile: str | Profile = 'quick', recipe: Supervise
                              device: str | torch.device = 'cpu') -> dict:
     "{'accuracy' | 'auroc' | 'prec@10': {'supervised', 'chance'}} of the fine-tuned encoder on the SynthCXR 5×200 set."
     prof, r, columns = get_profile(profile), recipe or SupervisedRecipe(), [CHEXPERT_LABELS.index(c) for c in CHEXPERT_5]
-    train, test = (materialise(SynthClassification(split, prof, seed=0)) for split in ('train', 'test'))
-    model = ImageClassifier(random_method(prof, seed), len(columns), freeze=False)
-    train_classifier(model, train, columns, r.cls_epochs, r.cls_lr, batch_size=prof.batch_size, seed=seed, device=device)
+    train, val, test = (materialise(SynthClassification(split, prof, seed=0)) for split in ('train', 'valid', 'test'))
+    model = ImageClassifier(random_method(prof, seed), len(columns), freeze=False, freeze_bn=False)   # from scratch: BN trains
+    fit_classifier(model, train, val, columns, r.cls_epochs, r.cls_epochs, r.cls_lr, batch_size=prof.batch_size, seed=seed, device=device)
     model.eval()
     with torch.no_grad():
         feats = torch.cat([model.features(x.to(device)) for x in torch.stack([it['image'] for it in test]).split(64)])  # [N, F]
@@ -315,7 +324,8 @@ SYNTH_TASK_PROTOCOL = {'chexpert5': ('zero-shot (5x200)', 'SynthCXR 5x200'), 'pn
                        'grounding': ('phrase grounding', 'SynthCXR grounding')}
 SYNTH_ENTRY_PROTOCOL = {'chexpert5_prec@10': 'retrieval image->image (5x200)'}   # entries outside their task's protocol
 REFERENCE_METHODS = {'supervised': 'supervised upper bound', 'chance': 'chance', 'chance_empty': 'chance (empty mask)',
-                     'chance_whole': 'chance (whole image)', 'chance_random': 'chance (random map)'}
+                     'chance_whole': 'chance (whole image)', 'chance_random': 'chance (random map)',
+                     'random_frozen': 'random initialisation (frozen encoder, 100 %)'}
 
 def synth_reference_rows(path: str | Path | None = None) -> list[dict]:
     "Chance and supervised rows from `data_samples/synth_reference.json` ([] when the file is absent)."

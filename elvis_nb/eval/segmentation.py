@@ -13,14 +13,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..core import Profile, get_profile, resolve_device, seed_everything
-from ..data.real import load_task_dataset, subsample_ids
+from ..data.real import load_task_dataset
 from ..data.synth import SEG_TASKS, SynthSegmentation
 from ..data.transforms import collate
+from .transfer import fit_health, label_fraction
 
 # %% auto #0
-__all__ = ['dice_per_image', 'soft_dice', 'focal_loss', 'segmentation_loss', 'DecoderBlock', 'UNetDecoder', 'SegmentationNet',
-           'SegmentationConfig', 'segmentation_datasets', 'StageCache', 'cache_stages', 'stage_batches',
-           'segmentation_scores', 'train_segmentation', 'evaluate_segmentation', 'plot_segmentation']
+__all__ = ['SEGMENTATION_PROFILES', 'dice_per_image', 'soft_dice', 'focal_loss', 'segmentation_loss', 'DecoderBlock',
+           'UNetDecoder', 'SegmentationNet', 'SegmentationConfig', 'StageCache', 'cache_stages', 'stage_batches',
+           'mask_positives', 'fraction_subset', 'segmentation_datasets', 'segmentation_scores', 'mask_collapse',
+           'train_segmentation', 'evaluate_segmentation', 'plot_segmentation']
 
 # %% ../../nbs/53_eval.segmentation.ipynb #c72a6d36
 def dice_per_image(probs: torch.Tensor,   # [B, 1, H, W] predicted foreground probabilities
@@ -67,13 +69,13 @@ class DecoderBlock(nn.Module):
         return self.convs(x)
 
 class UNetDecoder(nn.Module):
-    "U-Net decoder from ResNet stage maps at strides 4, 8, 16, 32 to one logit per input pixel."
+    "U-Net decoder from ResNet stage maps at strides 4, 8, 16, 32 to one logit per input pixel (3 blocks: at stride 4, upsampled)."
     def __init__(self, encoder_channels: tuple[int, ...],                     # channels of the stride-4, 8, 16, 32 maps
-                 decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)):  # widths of the 5 blocks (smp's default)
+                 decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)):  # widths of the 3 to 5 blocks (smp's default: 5)
         super().__init__()
-        if len(encoder_channels) != 4 or len(decoder_channels) != 5:
-            raise ValueError(f"UNetDecoder needs 4 encoder widths and 5 decoder widths, got {encoder_channels} and {decoder_channels}")
-        skips = (*encoder_channels[2::-1], 0, 0)                              # skips at strides 16, 8, 4, then none
+        if len(encoder_channels) != 4 or not 3 <= len(decoder_channels) <= 5:
+            raise ValueError(f"UNetDecoder needs 4 encoder widths and 3 to 5 decoder widths, got {encoder_channels} and {decoder_channels}")
+        skips = (*encoder_channels[2::-1], 0, 0)[:len(decoder_channels)]      # skips at strides 16, 8, 4, then none
         c_ins = (encoder_channels[3], *decoder_channels[:-1])
         self.blocks = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in zip(c_ins, skips, decoder_channels))
         self.head = nn.Conv2d(decoder_channels[-1], 1, 3, padding=1)
@@ -120,9 +122,12 @@ class SegmentationConfig:
     freeze_encoder: bool = True        # True: frozen encoder (MGCA, LoVT 'frozen'); False: fine-tuned (GLoRIA, LoVT 'FT')
     loss: str = 'dice'                 # 'dice' (LoVT) or 'mixed' (GLoRIA: α·focal − log Dice)
     alpha: float = 10.0                # focal weight α of the mixed loss (GLoRIA: 10)
-    lr: float = 5e-4                   # GLoRIA 5e-4; LoVT 1e-3 (SIIM), 3e-4 / 1e-4 (COVID frozen / FT)
+    lr: float = 1e-3                   # LoVT 1e-3 (SIIM), 3e-4 / 1e-4 (COVID frozen / FT); GLoRIA 5e-4
     weight_decay: float = 1e-6         # GLoRIA and LoVT
     epochs: int = 0                    # 0: the profile's `finetune_epochs`
+    min_epoch_steps: int = 0           # an epoch over a small subset repeats it until this many mini-batches (0: one pass)
+    patience: int = 10                 # stop after this many epochs without a validation gain (LoVT: 10 SIIM, 20 COVID)
+    min_drop: float = 0.05             # fit health: the training loss must fall by this share (chapter 52)
     batch_size: int = 8                # GLoRIA and LoVT-COVID: 8
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # smp's U-Net default
     threshold: float = 0.5             # binarisation of the probabilities for Dice
@@ -134,17 +139,6 @@ class SegmentationConfig:
         if not 0 < self.fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.loss not in ('dice', 'mixed'): raise ValueError(f"unknown segmentation loss {self.loss!r}: choose 'dice' (LoVT) or 'mixed' (GLoRIA)")
         self.decoder_channels = tuple(self.decoder_channels)
-
-# %% ../../nbs/53_eval.segmentation.ipynb #e946ccc4
-def segmentation_datasets(task: str, profile: str | Profile = 'smoke', seed: int = 0, data_root: str = '',
-                          fraction: float = 1.0) -> tuple[Dataset, Dataset, Dataset]:
-    "(train with `fraction` of its items, val, test) for `task`: SynthCXR when `data_root` is '', else the real set."
-    if data_root:
-        train = load_task_dataset(f'segmentation_{task}', 'train', profile, data_root, seed, fraction=fraction)
-        return (train, *(load_task_dataset(f'segmentation_{task}', split, profile, data_root, seed) for split in ('val', 'test')))
-    train, val, test = (SynthSegmentation(task, split, profile, seed=0) for split in ('train', 'valid', 'test'))
-    if fraction < 1: train = Subset(train, sorted(subsample_ids(range(len(train)), fraction, seed)))
-    return train, val, test
 
 # %% ../../nbs/53_eval.segmentation.ipynb #5453ecb9
 class StageCache:
@@ -160,10 +154,16 @@ class StageCache:
 
     def __len__(self) -> int: return len(self.masks)
 
+    def subset(self, idx) -> 'StageCache':
+        "The rows `idx` of the cache (no encoder run)."
+        out = StageCache.__new__(StageCache)
+        out.stages, out.masks = [s[idx] for s in self.stages], self.masks[idx]
+        return out
+
 def cache_stages(net: SegmentationNet, datasets: tuple[Dataset, ...], batch_size: int = 16,
                  device: str | torch.device = 'cpu', max_gib: float = 2.0) -> list:
     "`datasets` as `StageCache`s when `net`'s encoder is frozen and all their maps fit in `max_gib` GiB, else unchanged."
-    if not net.freeze_encoder or max_gib <= 0: return list(datasets)
+    if not net.freeze_encoder or max_gib <= 0 or all(isinstance(d, StageCache) for d in datasets): return list(datasets)
     with torch.no_grad(): one = net.eval().encode(datasets[0][0]['image'][None].to(device))   # 4 × [1, C_i, h_i, w_i]
     gib = sum(m.numel() * m.element_size() for m in one) * sum(len(d) for d in datasets) / 2**30
     return [StageCache(net, d, batch_size, device) for d in datasets] if gib <= max_gib else list(datasets)
@@ -178,36 +178,70 @@ def stage_batches(net: SegmentationNet, data: Dataset | StageCache, batch_size: 
         for batch in DataLoader(data, batch_size=batch_size, sampler=order.tolist(), collate_fn=collate):
             yield net.encode(batch['image'].to(device)), batch['mask'].to(device)
 
+# %% ../../nbs/53_eval.segmentation.ipynb #e946ccc4
+def mask_positives(data) -> torch.Tensor:   # → [N] bool
+    "Which items have a non-empty mask: a StageCache's masks, a SynthSegmentation's findings (no rendering), else each item's mask."
+    if isinstance(data, StageCache): return data.masks.flatten(1).amax(1) > 0.5
+    if isinstance(data, SynthSegmentation):
+        return torch.tensor([any(f.kind == SEG_TASKS[data.task] for f in data.study(i).findings) for i in range(len(data))])
+    return torch.stack([data[i]['mask'].amax() > 0.5 for i in range(len(data))])
+
+def fraction_subset(data, fraction: float, seed: int = 0):
+    "The nested `fraction` of `data` (chapter 52's `label_fraction`, holding at least one positive): a Subset, or a StageCache's rows."
+    if fraction >= 1: return data
+    idx = label_fraction(len(data), fraction, seed, mask_positives(data)[:, None])
+    return data.subset(idx) if isinstance(data, StageCache) else Subset(data, idx.tolist())
+
+def segmentation_datasets(task: str, profile: str | Profile = 'smoke', seed: int = 0, data_root: str = '',
+                          fraction: float = 1.0) -> tuple[Dataset, Dataset, Dataset]:
+    "(train with `fraction` of its items, val, test) for `task`: SynthCXR when `data_root` is '', else the real set."
+    if data_root:
+        train = load_task_dataset(f'segmentation_{task}', 'train', profile, data_root, seed, fraction=fraction)
+        return (train, *(load_task_dataset(f'segmentation_{task}', split, profile, data_root, seed) for split in ('val', 'test')))
+    train, val, test = (SynthSegmentation(task, split, profile, seed=0, cache=True) for split in ('train', 'valid', 'test'))  # renders cached on disk
+    return fraction_subset(train, fraction, seed), val, test
+
 # %% ../../nbs/53_eval.segmentation.ipynb #ce7b0314
 @torch.no_grad()
 def segmentation_scores(net: SegmentationNet, data: Dataset | StageCache, batch_size: int = 16,
-                        device: str | torch.device = 'cpu', threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per-image Dice (empty-mask rule) of `net` on every item of `data`, and which ground truths are non-empty: [n], [n]."
+                        device: str | torch.device = 'cpu', threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "Per-image Dice (empty-mask rule), whether the truth is non-empty, and the predicted mask's share of the image: [n] each."
     net.eval()
-    dice, positive = [], []
+    dice, positive, area = [], [], []
     for stages, masks in stage_batches(net, data, batch_size, device):
         probs, masks = torch.sigmoid(net.decode(stages, masks.shape[-2:])).cpu(), masks.cpu()   # [B, 1, S, S] each
         dice.append(dice_per_image(probs, masks, threshold)); positive.append(masks.flatten(1).amax(1) > 0.5)
-    return torch.cat(dice), torch.cat(positive)
+        area.append((probs > threshold).flatten(1).float().mean(1))
+    return torch.cat(dice), torch.cat(positive), torch.cat(area)
+
+def mask_collapse(area: torch.Tensor, positive: torch.Tensor) -> str:   # [n] predicted share, [n] bool
+    "Why the predicted masks are constant ('' if they are not): empty on every positive image, or the whole image everywhere."
+    if positive.any() and (area[positive] == 0).all(): return f'empty mask on all {int(positive.sum())} positive images'
+    if (area == 1).all(): return f'whole-image mask on all {len(area)} images'
+    return ''
 
 def train_segmentation(net: SegmentationNet, train_data: Dataset | StageCache, val_data: Dataset | StageCache,
                        cfg: SegmentationConfig, epochs: int, device: str | torch.device = 'cpu') -> list[dict]:
-    "Train `net` on `train_data`, keep the weights of the epoch with the best validation Dice; returns the history."
+    "Train `net` on `train_data` until validation Dice stops rising for `cfg.patience` epochs; restores the best epoch."
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode='max', patience=3, factor=0.5)
     gen = torch.Generator().manual_seed(cfg.seed)
-    history, best, best_state = [], -1.0, None
+    history, best, best_state, waited = [], -1.0, None, 0
     for epoch in range(epochs):
         net.train(); losses = []
-        for stages, masks in stage_batches(net, train_data, cfg.batch_size, device, torch.randperm(len(train_data), generator=gen)):
+        reps = max(1, math.ceil(cfg.min_epoch_steps * cfg.batch_size / len(train_data)))   # passes in this epoch
+        order = torch.cat([torch.randperm(len(train_data), generator=gen) for _ in range(reps)])
+        for stages, masks in stage_batches(net, train_data, cfg.batch_size, device, order):
             loss = segmentation_loss(net.decode(stages, masks.shape[-2:]), masks, cfg.loss, cfg.alpha)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
             losses.append(loss.item())
         val_dice = segmentation_scores(net, val_data, cfg.batch_size, device, cfg.threshold)[0].mean().item()
         sched.step(val_dice)
         history.append({'epoch': epoch, 'train_loss': sum(losses) / len(losses), 'val_dice': val_dice})
-        if val_dice > best: best, best_state = val_dice, copy.deepcopy(net.state_dict())
+        if val_dice > best: best, best_state, waited = val_dice, copy.deepcopy(net.state_dict()), 0
+        else: waited += 1
+        if waited >= cfg.patience: break
     if best_state is not None: net.load_state_dict(best_state)
     return history
 
@@ -220,14 +254,26 @@ def evaluate_segmentation(image_encoder: nn.Module, train_set: Dataset, val_set:
     net = SegmentationNet(image_encoder, cfg.freeze_encoder, cfg.decoder_channels).to(device)
     train_data, val_data, test_data = cache_stages(net, (train_set, val_set, test_set), cfg.batch_size, device, cfg.cache_gib)
     history = train_segmentation(net, train_data, val_data, cfg, epochs, device)
-    dice, positive = segmentation_scores(net, test_data, cfg.batch_size, device, cfg.threshold)
+    dice, positive, area = segmentation_scores(net, test_data, cfg.batch_size, device, cfg.threshold)
     if not positive.any():
         raise ValueError(f"segmentation test set for task {cfg.task!r} has no positive mask among its {len(dice)} images: "
                          "Dice would only count empty predictions")
-    return {'config': asdict(cfg), 'dice': dice.mean().item(), 'dice_positive': dice[positive].mean().item(),
+    health = fit_health([h['train_loss'] for h in history], mask_collapse(area, positive), cfg.min_drop)
+    return {'config': asdict(cfg), **health, 'dice': dice.mean().item(), 'dice_positive': dice[positive].mean().item(),
             'dice_negative': dice[~positive].mean().item() if (~positive).any() else None,
-            'n_train': len(train_set), 'n_test': len(dice), 'n_test_positive': int(positive.sum()),
+            'n_train': len(train_set), 'epochs_run': len(history),
+            'best_epoch': max(range(len(history)), key=lambda e: history[e]['val_dice']) if history else -1, 'n_test': len(dice), 'n_test_positive': int(positive.sum()),
             'cached_encoder_maps': isinstance(train_data, StageCache), 'history': history}, net
+
+# %% ../../nbs/53_eval.segmentation.ipynb #33a1820d
+SEGMENTATION_PROFILES = {  # profile → eval_segmentation defaults: modes, fractions, U-Net (first width, blocks), budget
+    'smoke': dict(modes='frozen', fractions='0.1,1.0', decoder_width=16, decoder_blocks=3, epochs=2, patience=1, min_epoch_steps=2),
+    # quick: 9 frozen fits (3 tasks × 1/10/100 %), one encoder pass per task over 600 images: ~39 s of one core per
+    # checkpoint (with the kernel's start and SynthCXR rendering; OMP_NUM_THREADS=1, machine contended)
+    'quick': dict(modes='frozen', fractions='0.01,0.1,1.0', decoder_width=32, decoder_blocks=3, epochs=6, patience=2, min_epoch_steps=25),
+    'paper': dict(modes='frozen,finetune', fractions='0.01,0.1,1.0', decoder_width=256, decoder_blocks=5, epochs=100, patience=10,
+                  min_epoch_steps=0),
+}
 
 # %% ../../nbs/53_eval.segmentation.ipynb #0e81cfab
 @torch.no_grad()

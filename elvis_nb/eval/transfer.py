@@ -5,6 +5,7 @@
 # %% ../../nbs/52_eval.transfer.ipynb #d2d3a0cf
 from __future__ import annotations
 import copy, math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -12,8 +13,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 # %% auto #0
-__all__ = ['UNCERTAIN_POLICIES', 'FEATURES', 'auroc', 'summarise_auroc', 'accuracy', 'label_fraction', 'targets_from_labels',
-           'image_features', 'ImageClassifier', 'masked_bce', 'train_classifier', 'evaluate_transfer', 'plot_transfer']
+__all__ = ['UNCERTAIN_POLICIES', 'FEATURES', 'FIT_STATUSES', 'RERUN_SEED_OFFSET', 'TRANSFER_MODES', 'TRANSFER_METRICS',
+           'TRANSFER_PROFILES', 'auroc', 'summarise_auroc', 'accuracy', 'label_fraction', 'targets_from_labels',
+           'image_features', 'ImageClassifier', 'constant_classes', 'fit_health', 'with_rerun', 'masked_bce',
+           'encode_features', 'fit_classifier', 'evaluate_transfer', 'plot_transfer']
 
 # %% ../../nbs/52_eval.transfer.ipynb #cfa17839
 def auroc(scores: torch.Tensor,          # [N, C] (or [N]) classifier scores, higher = more likely positive
@@ -54,11 +57,19 @@ def accuracy(logits: torch.Tensor,     # [N, C]
     return ((logits > 0) == (targets == 1))[valid].float().mean().item()
 
 # %% ../../nbs/52_eval.transfer.ipynb #bbb791ca
-def label_fraction(n: int, fraction: float, seed: int = 0) -> torch.Tensor:
-    "Indices of ⌈fraction·n⌉ (at least 1) of n training samples; nested across fractions for one seed."
+def label_fraction(n: int, fraction: float, seed: int = 0,
+                   positives: torch.Tensor | None = None  # [N, C] bool: item n is positive for class c (None: ignore classes)
+                   ) -> torch.Tensor:                      # [K] sorted indices
+    "The first ⌈fraction·n⌉ (≥ 1) items of one seeded permutation, extended until each class with positives has one."
     if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[:max(1, math.ceil(fraction * n))].sort().values
+    k = max(1, math.ceil(fraction * n))
+    if positives is not None:
+        if len(positives) != n: raise ValueError(f"positives has {len(positives)} rows for {n} items")
+        hit = positives.reshape(n, -1).bool()[perm]                               # [N, C] in permutation order
+        first = torch.where(hit.any(0), hit.float().argmax(0), 0)                  # [C] position of each class's first positive
+        k = max(k, int(first.max()) + 1)
+    return perm[:k].sort().values
 
 # %% ../../nbs/52_eval.transfer.ipynb #4b57044c
 UNCERTAIN_POLICIES = ('ignore', 'zero', 'one')
@@ -87,13 +98,22 @@ def image_features(out, feature: str = 'global_feats') -> torch.Tensor:
 
 class ImageClassifier(nn.Module):
     "A linear layer on the features of a Method's image encoder; `freeze=True` is a linear probe."
-    def __init__(self, method, n_classes: int, feature: str = 'global_feats', freeze: bool = True, n_features: int | None = None):
+    def __init__(self, method, n_classes: int, feature: str = 'global_feats', freeze: bool = True, n_features: int | None = None,
+                 freeze_bn: bool = True):  # fine-tuning: keep the encoder's BatchNorm statistics (see above)
         super().__init__()
-        self.method, self.feature, self.freeze = method, feature, freeze
-        if n_features is None:   # infer the width from one dummy image of the method's size
-            S = method.profile.image_size
-            with torch.no_grad(): n_features = self.features(torch.zeros(1, 1, S, S)).shape[1]
+        self.method, self.feature, self.freeze, self.freeze_bn = method, feature, freeze, freeze_bn
+        if n_features is None:   # infer the width from one dummy image of the method's size (eval mode: a batch of 1)
+            S, was_training = method.profile.image_size, method.training
+            method.eval()
+            with torch.no_grad(): n_features = image_features(self.encode(torch.zeros(1, 1, S, S)), feature).shape[1]
+            method.train(was_training)
         self.head = nn.Linear(n_features, n_classes)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.method.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and (self.freeze or self.freeze_bn): m.eval()
+        return self
 
     def encode(self, images: torch.Tensor):
         "The encoder's output alone for encoder features (no projection head runs, so its BatchNorm never sees a batch of 1)."
@@ -109,6 +129,45 @@ class ImageClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:    # [B, 1, S, S] → logits [B, C]
         return self.head(self.features(images))
 
+# %% ../../nbs/52_eval.transfer.ipynb #6610623c
+FIT_STATUSES = ('ok', 'collapsed', 'not_converged')
+
+def constant_classes(scores: torch.Tensor,               # [N, C] logits on an evaluation set
+                     valid: torch.Tensor | None = None,  # [N, C] bool labelled entries (None: all)
+                     tol: float = 1e-4) -> list[int]:
+    "Classes whose probabilities σ(score) spread by at most `tol` over their labelled items: a constant prediction."
+    p = torch.sigmoid(scores.double())
+    valid = torch.ones_like(p, dtype=torch.bool) if valid is None else valid.bool()
+    spread = p.masked_fill(~valid, -math.inf).amax(0) - p.masked_fill(~valid, math.inf).amin(0)   # [C]
+    return [c for c in range(p.shape[1]) if valid[:, c].sum() > 1 and spread[c] <= tol]
+
+def fit_health(epoch_losses,              # mean training loss of each epoch, first epoch first
+               collapse: str = '',        # why the prediction is constant ('' if it is not)
+               min_drop: float = 0.05     # the loss must fall by at least this share of its first value
+               ) -> dict:
+    "{'status': one of FIT_STATUSES, 'reason': str} of one downstream fit."
+    if collapse: return {'status': 'collapsed', 'reason': collapse}
+    if len(epoch_losses) == 0: return {'status': 'not_converged', 'reason': 'no training epoch ran'}
+    if not all(math.isfinite(l) for l in epoch_losses): return {'status': 'not_converged', 'reason': 'non-finite training loss'}
+    first, low = epoch_losses[0], min(epoch_losses)
+    drop = (first - low) / max(abs(first), 1e-12)
+    if drop < min_drop:
+        return {'status': 'not_converged', 'reason': f'training loss fell by {100 * drop:.1f} % ({first:.3f} → {low:.3f}), '
+                                                     f'less than {100 * min_drop:g} %'}
+    return {'status': 'ok', 'reason': ''}
+
+# %% ../../nbs/52_eval.transfer.ipynb #362efad4
+RERUN_SEED_OFFSET = 1000   # the re-run's initialisation seed is the first one + this
+
+def with_rerun(fit: Callable[[int], dict], metrics, seed: int = 0) -> dict:
+    "`fit(seed)`; if not 'ok', `fit(seed + RERUN_SEED_OFFSET)` once; if that is not 'ok' either, its `metrics` are None."
+    first = fit(seed)
+    if first['status'] == 'ok': return {**first, 'rerun': False}
+    second = fit(seed + RERUN_SEED_OFFSET)
+    out = {**second, 'rerun': True, 'first_attempt': {'status': first['status'], 'reason': first['reason'], 'seed': seed}}
+    if second['status'] != 'ok': out.update({k: None for k in metrics})   # excluded: never averaged
+    return out
+
 # %% ../../nbs/52_eval.transfer.ipynb #59683090
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     "Mean binary cross-entropy over the labelled entries `valid` [N, C]."
@@ -118,70 +177,124 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor)
 def _images_labels(items: list[dict]):
     return torch.stack([it['image'] for it in items]), torch.stack([it['labels'] for it in items])
 
+def _size(data) -> int: return len(data[1]) if isinstance(data, tuple) else len(data)
+
+def _batches(data, batch_size: int, order: torch.Tensor | None = None):
+    "(inputs, labels [B, 14]) mini-batches of a dataset of items, or of a (features [N, F], labels [N, 14]) pair, in `order`."
+    if isinstance(data, tuple):
+        order = torch.arange(len(data[1])) if order is None else order
+        for idx in order.split(batch_size): yield data[0][idx], data[1][idx]
+    else: yield from DataLoader(data, batch_size=batch_size, sampler=None if order is None else order.tolist(), collate_fn=_images_labels)
+
 @torch.no_grad()
-def _predict(model: ImageClassifier, dataset, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    "Logits [N, C] and raw labels [N, 14] of a dataset."
-    model.eval(); out, lab = [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size, collate_fn=_images_labels):
-        out.append(model(x.to(device)).float().cpu()); lab.append(y)
+def _predict(forward: Callable, data, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    "Logits [N, C] and raw labels [N, 14] of `forward` (the model on images, or its head on features) over `data`."
+    out, lab = [], []
+    for x, y in _batches(data, batch_size):
+        out.append(forward(x.to(device)).float().cpu()); lab.append(y)
     return torch.cat(out), torch.cat(lab)
 
+@torch.no_grad()
+def encode_features(model: ImageClassifier, dataset, batch_size: int = 32, device='cpu') -> tuple[torch.Tensor, torch.Tensor]:
+    "The frozen encoder's features [N, F] and the raw labels [N, 14] of every item of `dataset`, computed once."
+    model.eval()
+    return _predict(model.features, dataset, batch_size, device)
+
 # %% ../../nbs/52_eval.transfer.ipynb #0c3a1588
-def train_classifier(model: ImageClassifier, dataset, columns, epochs: int = 5, lr: float = 1e-3,
-                     weight_decay: float = 1e-6, batch_size: int = 32, uncertain: str = 'ignore', seed: int = 0,
-                     device='cpu') -> list[float]:
-    "Train `model` on `dataset` (items with 'image', 'labels'); a frozen model trains its head on cached features."
-    g = torch.Generator().manual_seed(seed)
+def fit_classifier(model: ImageClassifier, train, val, columns, max_epochs: int = 100, patience: int = 10, lr: float = 1e-3,
+                   weight_decay: float = 1e-6, batch_size: int = 32, uncertain: str = 'ignore', seed: int = 0,
+                   device='cpu', keep_initial: bool = False) -> dict:
+    "Adam on `train` until validation AUROC stops rising for `patience` epochs; restores the best epoch. Data: items or (features, labels)."
+    on_features = isinstance(train, tuple)          # probe: train the head on cached features
+    trained, forward = (model.head, model.head) if on_features else (model, model)
     model.to(device)
-    if model.freeze:   # linear probe: encode once, then train the head on the features
-        feats, labels = [], []
-        for x, y in DataLoader(dataset, batch_size=batch_size, collate_fn=_images_labels):
-            feats.append(model.features(x.to(device))); labels.append(y)
-        data = list(zip(torch.cat(feats).split(1), torch.cat(labels).split(1)))
-        step_in = lambda x: model.head(x)
-        collate = lambda b: (torch.cat([f for f, _ in b]), torch.cat([y for _, y in b]))
-        params = model.head.parameters()
-    else:
-        data, step_in, collate, params = dataset, model, _images_labels, [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    losses = []
-    for _ in range(epochs):
-        model.train(not model.freeze); model.head.train()
-        for x, y in DataLoader(data, batch_size=batch_size, shuffle=True, generator=g, collate_fn=collate):
+    opt = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    def val_auroc() -> float:
+        model.eval(); logits, labels = _predict(forward, val, batch_size, device)
+        return auroc(logits, *targets_from_labels(labels, columns, uncertain)).nanmean().item()
+    best = val_auroc() if keep_initial else -math.inf
+    best_state, best_epoch, history, waited = copy.deepcopy(trained.state_dict()), -1, [], 0
+    for epoch in range(max_epochs):
+        model.train(); losses = []
+        for x, y in _batches(train, batch_size, torch.randperm(_size(train), generator=gen)):
             t, v = targets_from_labels(y, columns, uncertain)
-            loss = masked_bce(step_in(x.to(device)), t.to(device), v.to(device))
-            opt.zero_grad(); loss.backward(); opt.step()
-            losses.append(loss.item())
-    return losses
+            loss = masked_bce(forward(x.to(device)), t.to(device), v.to(device))
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); losses.append(loss.item())
+        score = val_auroc()
+        history.append({'epoch': epoch, 'train_loss': sum(losses) / len(losses), 'val_auroc': score})
+        if score > best: best, best_state, best_epoch, waited = score, copy.deepcopy(trained.state_dict()), epoch, 0
+        else: waited += 1
+        if waited >= patience: break
+    trained.load_state_dict(best_state); model.eval()
+    return {'history': history, 'best_epoch': best_epoch, 'best_val_auroc': best, 'epochs_run': len(history),
+            'stopped': 'patience' if waited >= patience else 'budget'}
 
 # %% ../../nbs/52_eval.transfer.ipynb #8c3eddc1
-def evaluate_transfer(method, train_set, test_set, columns, class_names=None, mode: str = 'probe',
-                      fractions=(0.01, 0.1, 1.0), epochs: int = 5, lr: float | None = None, feature: str = 'global_feats',
-                      uncertain: str = 'ignore', batch_size: int = 32, seed: int = 0, device='cpu') -> dict:
-    "AUROC (per class, mean) and accuracy of a linear probe or fine-tuning at each label fraction."
-    if mode not in ('probe', 'finetune'): raise ValueError(f"mode must be 'probe' or 'finetune', got {mode!r}")
-    lr = lr if lr is not None else (1e-3 if mode == 'probe' else 1e-4)
+TRANSFER_MODES = ('probe', 'finetune')
+TRANSFER_METRICS = ('auroc', 'auroc_mean', 'accuracy')   # the keys an excluded fit writes as None
+
+def _score(logits, labels, columns, class_names, uncertain) -> dict:
+    t, v = targets_from_labels(labels, columns, uncertain)
+    const = [class_names[c] for c in constant_classes(logits, v)]
+    return {**summarise_auroc(auroc(logits, t, v), class_names), 'accuracy': accuracy(logits, t, v),
+            'collapse': f'constant prediction for {const}' if const else ''}
+
+def evaluate_transfer(method, train_set, val_set, test_set, columns, class_names=None, modes=TRANSFER_MODES,
+                      fractions=(0.01, 0.1, 1.0), probe_epochs: int = 200, finetune_epochs: int = 10, probe_patience: int = 20,
+                      finetune_patience: int = 3, probe_lr: float = 1e-2, finetune_lr: float = 1e-4, feature: str = 'global_feats',
+                      uncertain: str = 'ignore', batch_size: int = 32, seed: int = 0, min_drop: float = 0.05, device='cpu') -> dict:
+    "{mode: {'<fraction>': cell}} for mode in `modes`: AUROC and accuracy of the probe and of LP-FT fine-tuning per fraction."
+    bad = [m for m in modes if m not in TRANSFER_MODES]
+    if bad: raise ValueError(f"modes must be among {TRANSFER_MODES}, got {bad}")
     class_names = list(class_names) if class_names is not None else [str(c) for c in columns]
-    res = {'mode': mode, 'feature': feature, 'uncertain': uncertain, 'classes': class_names}
+    torch.manual_seed(seed)
+    frozen = ImageClassifier(copy.deepcopy(method), len(columns), feature, freeze=True).to(device)
+    pool, val, test = (encode_features(frozen, d, batch_size, device) for d in (train_set, val_set, test_set))
+    positives = targets_from_labels(pool[1], columns, uncertain)[0] == 1                     # [N, C]
+    res = {m: {'mode': m, 'feature': feature, 'uncertain': uncertain, 'classes': class_names} for m in modes}
     for f in fractions:
-        torch.manual_seed(seed)
-        model = ImageClassifier(copy.deepcopy(method), len(columns), feature, freeze=(mode == 'probe')).to(device)
-        idx = label_fraction(len(train_set), f, seed)
-        losses = train_classifier(model, Subset(train_set, idx.tolist()), columns, epochs, lr,
-                                  batch_size=batch_size, uncertain=uncertain, seed=seed, device=device)
-        logits, labels = _predict(model, test_set, batch_size, device)
-        t, v = targets_from_labels(labels, columns, uncertain)
-        res[f'{f:g}'] = {**summarise_auroc(auroc(logits, t, v), class_names), 'accuracy': accuracy(logits, t, v),
-                         'n_train': len(idx), 'final_loss': losses[-1]}
+        idx = label_fraction(len(pool[1]), f, seed, positives)
+        probes = {}                                                                      # init seed → fitted probe head
+        def probe(s):
+            clf = copy.deepcopy(frozen); nn.init.zeros_(clf.head.weight); nn.init.zeros_(clf.head.bias)   # w = 0: starts at chance
+            fit = fit_classifier(clf, (pool[0][idx], pool[1][idx]), val, columns, probe_epochs, probe_patience, probe_lr,
+                                 batch_size=batch_size, uncertain=uncertain, seed=s, device=device)
+            probes[s] = (clf.head.state_dict(), fit)
+            cell = _score(*_predict(clf.head, test, batch_size, device), columns, class_names, uncertain)
+            return {**cell, **fit_health([h['train_loss'] for h in fit['history']], cell.pop('collapse'), min_drop),
+                    'n_train': len(idx), **fit}
+        def finetune(s):
+            if s not in probes: probe(s)
+            head, pfit = probes[s]
+            torch.manual_seed(s)
+            clf = ImageClassifier(copy.deepcopy(method), len(columns), feature, freeze=False).to(device)
+            clf.head.load_state_dict(head)
+            fit = fit_classifier(clf, Subset(train_set, idx.tolist()), val_set, columns, finetune_epochs, finetune_patience,
+                                 finetune_lr, batch_size=batch_size, uncertain=uncertain, seed=s, device=device, keep_initial=True)
+            cell = _score(*_predict(clf, test_set, batch_size, device), columns, class_names, uncertain)
+            losses = [h['train_loss'] for h in pfit['history'] + fit['history']]                # probe then fine-tune epochs
+            return {**cell, **fit_health(losses, cell.pop('collapse'), min_drop), 'n_train': len(idx), **fit}
+        for m in modes:
+            res[m][f'{float(f)}'] = with_rerun(probe if m == 'probe' else finetune, TRANSFER_METRICS, seed)
     return res
+
+# %% ../../nbs/52_eval.transfer.ipynb #f3df6681
+TRANSFER_PROFILES = {  # profile → evaluate_transfer budget; n_pool / n_val: SynthCXR training pool and validation images
+    'smoke': dict(n_pool=24, n_val=24, probe_epochs=20, probe_patience=5, finetune_epochs=1, finetune_patience=1),
+    # quick: 6 fits (probe and LP-FT at 1/10/100 %) on 200 + 100 + 200 images: ~15 s of one core per checkpoint
+    # (measured with the kernel's start, OMP_NUM_THREADS=1, machine contended); fine-tuning at 100 % is most of it
+    'quick': dict(n_pool=200, n_val=100, probe_epochs=200, probe_patience=20, finetune_epochs=6, finetune_patience=2),
+    'paper': dict(n_pool=None, n_val=None, probe_epochs=200, probe_patience=20, finetune_epochs=50, finetune_patience=10),
+}   # None: the real dataset's split (SynthCXR: the profile's n_eval)
 
 # %% ../../nbs/52_eval.transfer.ipynb #76ca66d2
 def plot_transfer(results: dict, title: str = 'classification transfer'):
-    "Mean AUROC against label fraction for each {label: evaluate_transfer result}."
+    "Mean AUROC against label fraction for each {label: one mode of evaluate_transfer}; excluded fits are left out."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for lab, r in results.items():
-        fr = [k for k in r if k.replace('.', '', 1).isdigit()]
+        fr = [k for k in r if k.replace('.', '', 1).isdigit() and r[k]['auroc_mean'] is not None]
         ax.plot([100 * float(k) for k in fr], [r[k]['auroc_mean'] for k in fr], 'o-', label=lab)
     ax.set(xscale='log', xlabel='labelled training images (%)', ylabel='mean AUROC', ylim=(0.4, 1.0), title=title)
     ax.axhline(0.5, ls='--', c='gray'); ax.legend(fontsize=8); fig.tight_layout()
