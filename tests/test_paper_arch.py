@@ -104,8 +104,8 @@ def run_paper_evaluations(m, p, device: str = 'cpu') -> None:
     r = evaluate_retrieval(m, cls, cols, ks=(1,), n_query=1, kinds=('global', 'local'), class_names=CHEXPERT_LABELS,
                            device=device)
     assert r['classes'] and all(math.isfinite(v) for v in _numbers(r))
-    t = evaluate_transfer(m, SynthClassification('train', p, 0, n=8), cls, cols, fractions=(1.0,), epochs=1, batch_size=4,
-                          device=device)
+    t = evaluate_transfer(m, SynthClassification('train', p, 0, n=8), cls, cls, cols, fractions=(1.0,), probe_epochs=1,
+                          finetune_epochs=1, batch_size=4, device=device)
     assert all(math.isfinite(v) for v in _numbers(t))
     g = evaluate_grounding(m, SynthGrounding('test', p, 0, n=4), batch_size=4, device=device)
     assert all(math.isfinite(v) for v in _numbers(g['phrase_mean']))
