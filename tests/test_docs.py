@@ -1,27 +1,109 @@
-"""The docs preview builds one page per notebook, with rendered math and embedded figures."""
-import json
+"""The docs preview as a reader sees it, in headless Chromium; README.md as a code host renders it; no private notes."""
+import json, re, shutil, time
 from pathlib import Path
 
-import nbformat
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / 'tests' / '_artifacts'
+
+# What a reader sees: the page's text outside code, after MathJax has typeset it.
+CHECK_PAGE = '''() => {
+  const body = document.querySelector('.elvis-page').cloneNode(true);
+  body.querySelectorAll('pre, code, script, style, .MathJax_Preview').forEach(e => e.remove());
+  const text = body.innerText;
+  return {title: (document.querySelector('h1.title') || {innerText: ''}).innerText.trim(),
+          raw_math: ['$$', '\\\\(', '\\\\['].filter(s => text.includes(s)),
+          raw_inline: (text.match(/\\$[^$\\s][^$\\n]{0,80}\\$/g) || []).slice(0, 3),
+          directive: document.body.innerText.includes('#|'), prompt: /In\\s*\\[/.test(document.body.innerText),
+          typeset: document.querySelectorAll('.MathJax, .MathJax_Display').length,
+          tex: document.querySelectorAll('script[type^="math/tex"]').length,
+          quarto_attrs: text.includes('{target='),
+          broken_images: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80))};
+}'''
+MATHJAX_DONE = '() => window.MathJax && MathJax.Hub && MathJax.Hub.queue.running + MathJax.Hub.queue.pending === 0'
 
 
-def test_docs_preview(tmp_path, monkeypatch):
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
     from elvis_nb.docs import build_preview
-    monkeypatch.chdir(ROOT)
-    pages = build_preview(tmp_path / 'site')
-    notebooks = sorted(p.relative_to(ROOT / 'nbs') for p in (ROOT / 'nbs').rglob('*.ipynb')
-                       if not any(part.startswith(('_', '.')) for part in p.relative_to(ROOT / 'nbs').parts))
-    assert sorted(pages) == sorted(str(n.with_suffix('.html')) for n in notebooks)
-    for nb_rel in notebooks:
-        page = (tmp_path / 'site' / nb_rel.with_suffix('.html')).read_text()
-        assert 'Preview built with nbconvert' in page, nb_rel
-        nb = nbformat.read(ROOT / 'nbs' / nb_rel, as_version=4)
-        if any('$' in c.source for c in nb.cells if c.cell_type == 'markdown'):
-            assert 'MathJax' in page, f'{nb_rel}: math present but no MathJax in its page'
-        if any(o.get('data', {}).get('image/png') for c in nb.cells if c.cell_type == 'code' for o in c.outputs):
-            assert 'data:image/png;base64' in page, f'{nb_rel}: figure missing from its page'
-    index = (tmp_path / 'site' / 'index.html').read_text()
-    assert all(p in index for p in pages if p != 'index.html')
-    assert json.loads((tmp_path / 'site' / 'pages.json').read_text()) == pages
+    out = tmp_path_factory.mktemp('site')
+    t0 = time.time()
+    pages = build_preview(out, run_dir=None)
+    print(f'docs build: {time.time() - t0:.1f} s')
+    return out, pages
+
+
+def test_every_notebook_has_a_page(site):
+    from elvis_nb.docs import book_notebooks, page_path
+    out, pages = site
+    assert sorted(pages) == sorted(page_path(n).as_posix() for n in book_notebooks(ROOT / 'nbs'))
+    assert json.loads((out / 'pages.json').read_text()) == pages
+    index = (out / 'index.html').read_text()
+    assert all(f'href="{p}"' in index for p in pages), 'the sidebar must link every page'
+    assert (out / 'mathjax' / 'MathJax.js').exists()
+    for p in pages:
+        page = (out / p).read_text()
+        assert 'cdnjs' not in re.sub(r'<script>.*?</script>', '', page, flags=re.S) and '<script src="http' not in page, p
+
+
+def test_pages_in_a_browser(site):
+    "Every page: a title, math typeset by the local MathJax, no raw TeX, no `#|`, no prompts, every image loaded."
+    if not shutil.which('chromium'):
+        pytest.skip('no chromium on PATH (Debian: apt-get install -y chromium)')
+    pw = pytest.importorskip('playwright.sync_api', reason='playwright is not installed')
+    out, pages = site
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems = {}
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which('chromium'), args=['--no-sandbox', '--disable-gpu'])
+        tab = browser.new_page(viewport={'width': 1300, 'height': 1000})
+        tab.route(re.compile(r'^https?://'), lambda route: route.abort())  # offline, as a reader without a network
+        for page in pages:
+            tab.goto((out / page).as_uri())
+            tab.wait_for_function(MATHJAX_DONE, timeout=60_000)
+            r = tab.evaluate(CHECK_PAGE)
+            bad = [k for k in ('raw_math', 'raw_inline', 'directive', 'prompt', 'quarto_attrs', 'broken_images') if r[k]]
+            if not r['title'] or r['title'] == 'untitled': bad.append('title')
+            if r['tex'] and r['typeset'] < r['tex']: bad.append(f"typeset {r['typeset']} of {r['tex']} formulas")
+            if bad: problems[page] = {k: r.get(k.split()[0], k) for k in bad}
+            if page in ('index.html', 'losses.infonce.html'):
+                tab.screenshot(path=str(ARTIFACTS / page.replace('.html', '.png')))
+        browser.close()
+    print(f'screenshots in {ARTIFACTS}')
+    assert not problems, problems
+
+
+def test_math_renders_where_there_is_math(site):
+    "A chapter with equations hands them to MathJax (checked in the browser above); here: its page points at the local copy."
+    out, _ = site
+    page = (out / 'losses.infonce.html').read_text()
+    assert 'src="mathjax/MathJax.js?config=' in page and '$$' in page
+
+
+def _readme_html():
+    import mistune
+    return mistune.html((ROOT / 'README.md').read_text())  # a code host renders Markdown; it runs no script
+
+
+def test_readme_renders_cleanly():
+    text, rendered = (ROOT / 'README.md').read_text(), _readme_html()
+    for artefact in ('#|', '<style', 'import pandas', 'In [', 'dataframe'):
+        assert artefact not in text, f'README.md shows {artefact!r}'
+    assert 'readme_files/main_result.png' in rendered, 'the main result figure'
+    assert all((ROOT / src).exists() for src in re.findall(r'<img src="([^"]+)"', rendered) if not src.startswith('http'))
+    assert 'https://elvis-nb.github.io/elvis_nb/' in rendered, 'a link to the docs'
+    assert rendered.count('<pre><code class="language-sh">python3.11 -m venv') == 2, 'the two commands'
+    assert '<strong>Losses</strong>' in rendered and '<strong>Evaluation</strong>' in rendered, 'the chapter map'
+
+
+def test_sidebar_is_generated():
+    from elvis_nb.docs import sidebar_yml
+    assert (ROOT / 'nbs' / 'sidebar.yml').read_text() == sidebar_yml(ROOT / 'nbs'), 'run elvis_nb.docs.write_sidebar()'
+
+
+@pytest.mark.xfail(strict=False, reason='until the references sweep runs')
+def test_no_reader_is_sent_to_private_notes():
+    hits = [str(p.relative_to(ROOT)) for p in [*(ROOT / 'nbs').rglob('*.ipynb'), *(ROOT / 'elvis_nb').rglob('*.py')]
+            if 'paper-notes' in p.read_text() and '.ipynb_checkpoints' not in p.parts]
+    assert not hits, hits
