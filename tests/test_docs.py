@@ -107,3 +107,31 @@ def test_no_reader_is_sent_to_private_notes():
     hits = [str(p.relative_to(ROOT)) for p in [*(ROOT / 'nbs').rglob('*.ipynb'), *(ROOT / 'elvis_nb').rglob('*.py')]
             if 'paper-notes' in p.read_text() and '.ipynb_checkpoints' not in p.parts]
     assert not hits, hits
+
+
+
+def test_experiment_page_from_a_stored_run(tmp_path):
+    "An experiment page shows the executed copy from a stored run (as `elvis-nb reproduce` leaves it), and says so."
+    import base64, io, nbformat
+    from PIL import Image
+    from elvis_nb.docs import render_page, stored_run_notebook, run_profile, _run_note
+    step = tmp_path / 'runs' / 'smoke' / 'seed0' / 'convirt' / 'pretrain'
+    step.mkdir(parents=True)
+    (step / 'step.json').write_text(json.dumps({'key': 'seed0/convirt/pretrain', 'params': {'profile': 'smoke'}}))
+    png = io.BytesIO(); Image.new('L', (8, 8), 128).save(png, format='PNG')
+    b64 = base64.b64encode(png.getvalue()).decode()
+    cell = nbformat.v4.new_code_cell('#| echo: false\nfig = plot()', outputs=[nbformat.v4.new_output(
+        'display_data', data={'image/png': b64, 'text/plain': 'fig'})])
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell('# Pre-training experiment\n> Pre-train.'),
+                                                   nbformat.v4.new_code_cell('x = 1'), cell]), step / 'pretrain.ipynb')
+    nb = stored_run_notebook(tmp_path / 'runs' / 'smoke', 'pretrain')
+    assert nb == step / 'pretrain.ipynb' and run_profile(step) == 'smoke'
+    front = render_page(nb, tmp_path / 'site' / 'experiments' / 'pretrain.html', '../', note=_run_note(tmp_path / 'runs' / 'smoke', nb))
+    page = (tmp_path / 'site' / 'experiments' / 'pretrain.html').read_text()
+    assert front['title'] == 'Pre-training experiment'
+    assert 'Outputs from a stored run' in page and 'profile <code>smoke</code>' in page
+    assert f'data:image/png;base64,{b64}' in page, 'the stored figure is on the page'
+    code = lambda name: f'<span class="n">{name}</span>'  # how the highlighted source shows a name
+    assert code('plot') not in page and code('x') in page, 'echo: false hides the code, not the output'
+    assert stored_run_notebook(tmp_path / 'runs' / 'smoke', 'eval_grounding') is None
+    assert 'Not executed in this preview' in _run_note(tmp_path / 'runs' / 'smoke', None)
