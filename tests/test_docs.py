@@ -137,3 +137,12 @@ def test_experiment_page_from_a_stored_run(tmp_path):
     assert code('plot') not in page and code('x') in page, 'echo: false hides the code, not the output'
     assert stored_run_notebook(tmp_path / 'runs' / 'smoke', 'eval_grounding') is None
     assert 'Not executed in this preview' in _run_note(tmp_path / 'runs' / 'smoke', None)
+
+
+def test_index_chapter_map_is_current():
+    "index.ipynb stores its chapter map as an output: it must list the notebooks as they are now (re-run index.ipynb if not)."
+    import nbformat
+    from elvis_nb.docs import chapter_map
+    nb = nbformat.read(ROOT / 'nbs' / 'index.ipynb', as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == 'code' and 'chapter_map()' in c.source)
+    assert ''.join(o.get('text', '') for o in cell.outputs).strip() == chapter_map(ROOT / 'nbs').strip()
