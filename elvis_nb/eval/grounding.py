@@ -21,7 +21,7 @@ from ..losses.ops import cosine_matrix
 # %% auto #0
 __all__ = ['PHRASE_SPACES', 'FLAT_RTOL', 'MIOU_THRESHOLDS', 'GROUNDING_METRICS', 'similarity_map', 'phrase_space',
            'phrase_embedding', 'gaussian_smooth', 'phrase_region', 'map_resolution', 'cnr', 'miou', 'miou_chance',
-           'peak_in_region', 'grounding_dataset', 'grounding_maps', 'evaluate_grounding', 'plot_grounding']
+           'peak_in_region', 'grounding_dataset', 'grounding_maps', 'evaluate_grounding']
 
 # %% ../../nbs/54_eval.grounding.ipynb #a63fca8b
 def similarity_map(phrase_emb: torch.Tensor,   # [B, D] global embedding of each phrase
@@ -217,21 +217,4 @@ def evaluate_grounding(method, dataset: Dataset, batch_size: int = 16, smooth_si
             'phrase_space': space or phrase_space(method), 'rows': rows, 'items': _items(rows), 'examples': kept}
 
 # %% ../../nbs/54_eval.grounding.ipynb #98531a65
-def plot_grounding(image: torch.Tensor,     # [H, W] radiograph at original resolution (NaN allowed outside the view)
-                   sim_map: torch.Tensor,   # [H, W] similarity map at original resolution
-                   boxes: torch.Tensor,     # [K, 4] (x1, y1, x2, y2) original pixels
-                   title: str = '', vmin: float = -1.0, vmax: float = 1.0):
-    "image | overlay of the map with a colour bar | boxes; returns the Figure."
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-    image, sim_map = (torch.as_tensor(x).detach().cpu().numpy() for x in (image, sim_map))
-    fig, ax = plt.subplots(1, 3, figsize=(10, 3.6))
-    for a in ax: a.imshow(image, cmap='gray', vmin=0, vmax=1); a.axis('off')
-    im = ax[1].imshow(sim_map, cmap='jet', vmin=vmin, vmax=vmax, alpha=0.5)
-    fig.colorbar(im, ax=ax[1], fraction=0.046, pad=0.04, label='cosine similarity')
-    for x1, y1, x2, y2 in torch.as_tensor(boxes).reshape(-1, 4).tolist():
-        ax[2].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec='lime', lw=1.5))
-    ax[0].set_title('image'); ax[1].set_title('similarity map'); ax[2].set_title('ground-truth boxes')
-    if title: fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+from ..viz import plot_grounding  # image | map with its colour bar | boxes: the kit's one figure style

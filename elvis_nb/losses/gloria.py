@@ -9,14 +9,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import matplotlib.pyplot as plt
 
 from .infonce import bidirectional_ce, cosine_logits
 from .ops import mask_fill
 
 # %% auto #0
-__all__ = ['gloria_global_loss', 'gloria_attention', 'plot_word_attention', 'gloria_local_similarity_loop',
-           'gloria_local_loss_loop', 'gloria_local_similarity_autograd', 'gloria_local_similarity', 'gloria_local_loss']
+__all__ = ['gloria_global_loss', 'gloria_attention', 'gloria_local_similarity_loop', 'gloria_local_loss_loop',
+           'gloria_local_similarity_autograd', 'gloria_local_similarity', 'gloria_local_loss']
 
 # %% ../../nbs/21_losses.gloria.ipynb #413e2b61
 def gloria_global_loss(img_emb: torch.Tensor,  # [B, D] global image embeddings v̄
@@ -40,25 +39,6 @@ def gloria_attention(words: torch.Tensor,    # [B, T, D] word embeddings e
     s_bar = s.softmax(dim=1)                                   # softmax over words
     attn = (gamma1 * s_bar).softmax(dim=-1)                    # softmax over regions
     return attn.to(regions.dtype) @ regions, attn
-
-# %% ../../nbs/21_losses.gloria.ipynb #745837af
-def plot_word_attention(attn: torch.Tensor,  # [T, R] attention of T words over R = h·w regions
-                        grid: tuple[int, int],  # (h, w) of the region grid
-                        labels: list[str],   # the T words
-                        image: torch.Tensor | None = None,  # [H, W] grayscale image under the maps, optional
-                       ) -> plt.Figure:
-    "One panel per word: its attention over the region grid (fixed scale [0, max], colorbar)."
-    maps = attn.detach().float().cpu().reshape(len(labels), *grid)
-    vmax = float(maps.max())
-    fig, axes = plt.subplots(1, len(labels), figsize=(3 * len(labels), 2.8), squeeze=False)
-    for ax, m, word in zip(axes[0], maps, labels):
-        if image is not None:
-            ax.imshow(image.cpu(), cmap='gray', extent=(0, grid[1], grid[0], 0))
-        im = ax.imshow(m, cmap='jet', vmin=0, vmax=vmax, alpha=0.5 if image is not None else 1.0,
-                       extent=(0, grid[1], grid[0], 0))
-        ax.set(title=word, xticks=[], yticks=[])
-    fig.colorbar(im, ax=list(axes[0]), fraction=0.02)
-    return fig
 
 # %% ../../nbs/21_losses.gloria.ipynb #1c08264c
 def gloria_local_similarity_loop(words: torch.Tensor,      # [B_t, T, D] word embeddings

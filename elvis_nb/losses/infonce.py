@@ -58,11 +58,12 @@ def plot_similarity(img_emb: torch.Tensor,  # [N, D] image embeddings
                     txt_emb: torch.Tensor,  # [N, D] text embeddings
                     title: str = 'cosine similarity',
                    ) -> plt.Figure:
-    "Heat map of ⟨v_i, u_k⟩ (rows images, columns texts) on the fixed scale [−1, 1]."
-    sim = cosine_logits(img_emb.detach().float(), txt_emb.detach().float(), tau=1.0).cpu()
+    "Heat map of ⟨v_i, u_k⟩ (rows images, columns texts) in the kit's similarity style (fixed scale [−1, 1])."
+    from elvis_nb.viz import add_colorbar, show_map
+    sim = cosine_logits(img_emb.detach().float(), txt_emb.detach().float(), tau=1.0)
     fig, ax = plt.subplots(figsize=(4, 3.4))
-    im = ax.imshow(sim, cmap='RdBu_r', vmin=-1, vmax=1)
-    ax.set(xlabel='text k', ylabel='image i', title=title)
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    im = show_map(ax, sim, 'similarity', title)
+    ax.set(xlabel='text k', ylabel='image i')
+    add_colorbar(fig, im, ax, 'similarity')
     fig.tight_layout()
     return fig

@@ -92,11 +92,10 @@ class ProjectionHeads(nn.Module):
 def plot_similarity_before_after(y: torch.Tensor, z: torch.Tensor, order: torch.Tensor | None = None,
                                  titles: tuple[str, str] = ('cos(y_i, y_j): before projection', 'cos(z_i, z_j): after projection')):
     "Side by side: the cosine matrices of one sample's local features y [N, d_y] and embeddings z [N, D]; returns the Figure."
+    from elvis_nb.viz import add_colorbar, show_map
     idx = torch.arange(len(y)) if order is None else torch.argsort(order, stable=True)
-    mats = [cosine_matrix(a[None].float(), a[None].float())[0][idx][:, idx].detach() for a in (y, z)]
+    mats = [cosine_matrix(a[None].float(), a[None].float())[0][idx][:, idx] for a in (y, z)]
     fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.8))
-    for ax, m, title in zip(axes, mats, titles):
-        im = ax.imshow(m.cpu(), cmap='coolwarm', vmin=-1, vmax=1)
-        ax.set_title(title, fontsize=9); ax.set_xticks([]); ax.set_yticks([])
-    fig.colorbar(im, ax=axes.tolist(), shrink=.85)
+    for ax, m, title in zip(axes, mats, titles): im = show_map(ax, m, 'similarity', title)
+    add_colorbar(fig, im, axes.tolist(), 'similarity')
     return fig

@@ -8,7 +8,6 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
@@ -31,7 +30,7 @@ from .heads import ProjectionHeads, plot_similarity_before_after
 __all__ = ['METHODS', 'CHECKPOINT_FORMAT', 'PROFILE_MODEL_FIELDS', 'CHECKPOINT_FIELDS', 'ImageOutput', 'TextOutput', 'LossOutput',
            'MethodConfig', 'ConVIRTConfig', 'GLoRIAConfig', 'ElvisConfig', 'Method', 'gather_mask', 'batch_accuracy',
            'ConVIRT', 'GLoRIA', 'ELVIS', 'method_config', 'build_method', 'model_card', 'read_checkpoint_config',
-           'check_checkpoint', 'profile_from_dict', 'load_method', 'plot_word_attention']
+           'check_checkpoint', 'profile_from_dict', 'load_method']
 
 # %% ../../nbs/32_models.methods.ipynb #e0bb5c40
 @dataclass
@@ -352,20 +351,3 @@ def load_method(checkpoint: str | Path = '', method: str = '', profile: str | Pr
     if checkpoint: return Method.from_pretrained(checkpoint, method or None, profile)
     if not method: raise ValueError("load_method: give a checkpoint folder, or a method name to build untrained")
     return build_method(method, profile or 'smoke').eval()
-
-# %% ../../nbs/32_models.methods.ipynb #be3f07ba
-def plot_word_attention(image: torch.Tensor, attention: torch.Tensor, grid: tuple[int, int], word: str,
-                        boxes: torch.Tensor | None = None, vmax: float = 3.0):
-    "Image [1,S,S] | its word attention [N_I] × N_I upsampled over it (1 = uniform; fixed scale 0…vmax); returns the Figure."
-    S = image.shape[-1]
-    amap = F.interpolate((attention * attention.numel()).reshape(1, 1, *grid).float(), size=(S, S), mode='bilinear',
-                         align_corners=False)[0, 0]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.8))
-    for ax in axes: ax.imshow(image[0].cpu(), cmap='gray', vmin=0, vmax=1); ax.set_xticks([]); ax.set_yticks([])
-    im = axes[1].imshow(amap.detach().cpu(), cmap='jet', alpha=0.45, vmin=0, vmax=vmax)
-    for x1, y1, x2, y2 in ([] if boxes is None else boxes.tolist()):
-        for ax in axes: ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec='lime', lw=1.5))
-    axes[0].set_title('image (box: the described finding)', fontsize=9)
-    axes[1].set_title(f'attention of "{word}" × N_I (1 = uniform)', fontsize=9)
-    fig.colorbar(im, ax=axes.tolist(), shrink=.85)
-    return fig
