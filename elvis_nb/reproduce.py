@@ -114,7 +114,7 @@ def run_steps(steps: list[Step], root: Path, force: bool = False, jobs: int = 1,
                 pending.remove(step)
                 running[pool.submit(run_step, step, root, force)] = (step, time.time())
             if not running: break                        # a failure, or steps waiting for steps not in the plan
-            bar.set_postfix_str(' running ' + ', '.join(s.key for s, _ in running.values()), refresh=True)
+            bar.set_postfix_str('running ' + ', '.join(s.key for s, _ in running.values()), refresh=True)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 step, t = running.pop(future)

@@ -87,7 +87,8 @@ def run_experiment(name: str, out_dir: str | Path, progress: bool = False, **par
     src = experiment_path(name)
     check_parameters(name, parameters)              # before the output folder, a kernel, or papermill's slow import
     import papermill as pm
-    out_dir, executed = Path(out_dir), Path(out_dir) / src.name
+    out_dir = Path(out_dir).resolve()              # the kernel runs in the notebooks' folder, not in ours
+    executed = out_dir / src.name
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ('results.json', FAILED): (out_dir / stale).unlink(missing_ok=True)   # never a previous run's
     os.environ.setdefault('IN_TEST', '1')
