@@ -8,7 +8,7 @@ import argparse, ast, json, sys
 from pathlib import Path
 
 import elvis_nb
-from .core import PROFILES
+from .core import PROFILES, repo_root
 from .runner import experiment_path, notebook_parameters, run_experiment
 from .reproduce import METHODS, TASKS, reproduce
 
@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug: raise
         print(f'elvis-nb {args.command}: error: {e}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:                                  # Ctrl-C: a run in progress keeps its FAILED marker
+        if args.debug: raise
+        print(f'elvis-nb {args.command}: interrupted', file=sys.stderr)
+        return 130
 
 def command(args: argparse.Namespace) -> int:
     "Run the subcommand `args` asks for; its exit status."
@@ -102,6 +106,7 @@ def command(args: argparse.Namespace) -> int:
         reproduce(args.out, args.profile, args.methods, args.tasks, args.seeds, args.data_root, args.device,
                   args.force, random_baseline=not args.no_random_baseline, jobs=args.jobs)
     elif args.command == 'pretrain':
+        if args.data_root and not Path(args.data_root).exists(): raise FileNotFoundError(f'data root {args.data_root!r} does not exist')
         options = {k: parse_value(v) for k, v in args.option}
         if args.nproc_per_node * args.nnodes > 1:
             import subprocess
@@ -111,6 +116,9 @@ def command(args: argparse.Namespace) -> int:
                                  data_root=args.data_root, seed=args.seed, device=args.device, max_steps=args.max_steps,
                                  options=options)
         print(json.dumps({k: results[k] for k in ('steps', 'stopped', 'best_val', 'pair_similarity', 'paths')}, indent=1, default=str))
+    elif args.command in ('docs', 'readme') and not (repo_root() / 'settings.ini').exists():
+        raise FileNotFoundError(f'`elvis-nb {args.command}` renders the notebooks of a source checkout (git clone, then '
+                                f'`pip install -e .`); this installation has none')
     elif args.command == 'docs':
         from elvis_nb.docs import build_preview
         pages = build_preview(args.out)

@@ -76,6 +76,8 @@ def test_installed_package_is_the_wheel(installed, tmp_path):
     version = subprocess.run([str(venv / 'bin' / 'elvis-nb'), '--version'], env=env, capture_output=True, text=True)
     expected = re.search(r'^version = (\S+)', (ROOT / 'settings.ini').read_text(), re.M).group(1)
     assert version.returncode == 0 and version.stdout.strip() == f'elvis-nb {expected}', version
+    docs = subprocess.run([str(venv / 'bin' / 'elvis-nb'), 'docs'], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert docs.returncode == 1 and 'renders the notebooks of a source checkout' in docs.stderr, docs
 
 
 @pytest.fixture(scope='module')
