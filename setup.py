@@ -1,7 +1,9 @@
 """Package build read from `settings.ini`, nbdev 2's single source of metadata."""
 from configparser import ConfigParser
-import shlex
+from pathlib import Path
+import shlex, shutil
 import setuptools
+from setuptools.command.build_py import build_py
 
 config = ConfigParser(delimiters=['='])
 config.read('settings.ini', encoding='utf-8')
@@ -11,6 +13,18 @@ licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache S
 lic = licenses[cfg['license']]
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+
+
+class build_py_with_data(build_py):
+    "Also copy `package_data` (settings.ini) into `<lib>/_data`, keeping relative paths: the notebooks stay the one source."
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False): return      # an editable install reads them from the checkout
+        copies = [p for pattern in shlex.split(cfg.get('package_data', '')) for p in sorted(Path().glob(pattern)) if p.is_file()]
+        for src in copies:
+            dst = Path(self.build_lib) / cfg['lib_path'] / '_data' / src
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
 
 setuptools.setup(
     name=cfg['lib_name'],
@@ -31,6 +45,7 @@ setuptools.setup(
     extras_require={'dev': dev_requirements},
     python_requires='>=' + cfg['min_python'],
     zip_safe=False,
+    cmdclass={'build_py': build_py_with_data},
     entry_points={'console_scripts': cfg['console_scripts'].split(),
                   'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
 )

@@ -7,16 +7,18 @@ from __future__ import annotations
 import argparse, ast, json, sys
 from pathlib import Path
 
-from .core import PROFILES
-from .runner import run_experiment
+import elvis_nb
+from .core import PROFILES, repo_root
+from .runner import experiment_path, notebook_parameters, run_experiment
 from .reproduce import METHODS, TASKS, reproduce
 
 # %% auto #0
-__all__ = ['parse_value', 'build_parser', 'torchrun_command', 'main']
+__all__ = ['USER_ERRORS', 'parse_value', 'build_parser', 'torchrun_command', 'main', 'command']
 
 # %% ../nbs/99_cli.ipynb #fc91b3fd
-def parse_value(text: str):
-    "A `-p` value as a Python literal when it parses, else the string itself."
+def parse_value(text: str, default=None):
+    "A `-p` value for a parameter whose default is `default`: the text for a string parameter, else a literal when it parses."
+    if isinstance(default, str): return text
     try: return ast.literal_eval(text)
     except (ValueError, SyntaxError): return text
 
@@ -25,14 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     "The `elvis-nb` argument parser with its subcommands."
     parser = argparse.ArgumentParser(prog='elvis-nb', description='ELVIS, ConVIRT and GLoRIA for chest X-ray '
                                      'vision-language pre-training: run the experiment notebooks.')
+    parser.add_argument('--version', action='version', version=f'elvis-nb {elvis_nb.__version__}')
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument('--debug', action='store_true', help='show the traceback of an error, not just its message')
     sub = parser.add_subparsers(dest='command', required=True)
-    run = sub.add_parser('run', help='execute one experiment notebook with papermill')
+    add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)
+    run = add('run', help='execute one experiment notebook with papermill')
     run.add_argument('name', help='experiment notebook in nbs/experiments (without .ipynb)')
     run.add_argument('--out', required=True, help='output folder: executed notebook and results.json')
-    run.add_argument('--profile', default='quick', choices=sorted(PROFILES))
+    run.add_argument('--profile', default='quick', choices=sorted(PROFILES), help='shorthand for -p profile NAME')
     run.add_argument('-p', '--parameter', nargs=2, action='append', default=[], metavar=('KEY', 'VALUE'),
-                     help='notebook parameter, as in papermill')
-    rep = sub.add_parser('reproduce', help='pre-train every method, run every evaluation, write a report')
+                     help='notebook parameter, as in papermill (profile included)')
+    rep = add('reproduce', help='pre-train every method, run every evaluation, write a report')
     rep.add_argument('--out', default='runs/quick', help='output folder: steps, results.json, report.html')
     rep.add_argument('--profile', default='quick', choices=sorted(PROFILES))
     rep.add_argument('--methods', nargs='+', default=list(METHODS), help=f'subset of {list(METHODS)} (or elvis_* ablations)')
@@ -44,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument('--force', action='store_true', help='re-run steps that already finished')
     rep.add_argument('--no-random-baseline', action='store_true', help='skip the random-initialisation reference row')
     rep.add_argument('--jobs', type=int, default=None, help='steps at once (default: 1 on a GPU, else one per CPU core, up to 4)')
-    pre = sub.add_parser('pretrain', help='pre-train one method (the pretrain experiment; torchrun when several processes)')
+    pre = add('pretrain', help='pre-train one method (the pretrain experiment; torchrun when several processes)')
     pre.add_argument('--method', default='elvis', help="'convirt', 'gloria', 'elvis' or an ablation (elvis_onehot, ...)")
     pre.add_argument('--profile', default='quick', choices=sorted(PROFILES))
     pre.add_argument('--out', required=True, help='output folder: checkpoints, model, metrics, results.json')
@@ -58,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 ('--node-rank', 0, "this machine's rank"), ('--master-port', 29500, "rank 0's port")):
         pre.add_argument(flag, type=int, default=default, help=f'torchrun: {what}')
     pre.add_argument('--master-addr', default='127.0.0.1', help="torchrun: address of the machine with node rank 0")
-    docs = sub.add_parser('docs', help='build the docs preview (nbconvert, no Quarto needed)')
+    docs = add('docs', help='build the docs preview (nbconvert, no Quarto needed)')
     docs.add_argument('--out', default='_preview', help='output folder of the preview site')
-    sub.add_parser('readme', help='write README.md from nbs/index.ipynb (nbconvert, no Quarto needed)')
+    add('readme', help='write README.md from nbs/index.ipynb (nbconvert, no Quarto needed)')
     return parser
 
 # %% ../nbs/99_cli.ipynb #8ff7a797
@@ -74,17 +80,33 @@ def torchrun_command(args: argparse.Namespace) -> list[str]:
     return cmd + [x for kv in args.option for x in ('-o', *kv)]
 
 # %% ../nbs/99_cli.ipynb #5db781e4
+USER_ERRORS = (OSError, ValueError, RuntimeError)  # bad paths, names, options, data (DataError is a ValueError), failed runs
+
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `elvis-nb` command."
+    "Entry point of the `elvis-nb` command: a user's mistake is one line on stderr and exit status 1 (`--debug`: traceback)."
     args = build_parser().parse_args(argv)
+    try: return command(args)
+    except USER_ERRORS as e:
+        if args.debug: raise
+        print(f'elvis-nb {args.command}: error: {e}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:                                  # Ctrl-C: a run in progress keeps its FAILED marker
+        if args.debug: raise
+        print(f'elvis-nb {args.command}: interrupted', file=sys.stderr)
+        return 130
+
+def command(args: argparse.Namespace) -> int:
+    "Run the subcommand `args` asks for; its exit status."
     if args.command == 'run':
-        params = {k: parse_value(v) for k, v in args.parameter}
-        results = run_experiment(args.name, args.out, progress=True, profile=args.profile, **params)
+        declared = notebook_parameters(experiment_path(args.name))
+        params = {'profile': args.profile, **{k: parse_value(v, declared.get(k)) for k, v in args.parameter}}
+        results = run_experiment(args.name, args.out, progress=True, **params)
         print(json.dumps({k: results[k] for k in list(results)[:12]}, indent=1, default=str))
     elif args.command == 'reproduce':
         reproduce(args.out, args.profile, args.methods, args.tasks, args.seeds, args.data_root, args.device,
                   args.force, random_baseline=not args.no_random_baseline, jobs=args.jobs)
     elif args.command == 'pretrain':
+        if args.data_root and not Path(args.data_root).exists(): raise FileNotFoundError(f'data root {args.data_root!r} does not exist')
         options = {k: parse_value(v) for k, v in args.option}
         if args.nproc_per_node * args.nnodes > 1:
             import subprocess
@@ -94,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                                  data_root=args.data_root, seed=args.seed, device=args.device, max_steps=args.max_steps,
                                  options=options)
         print(json.dumps({k: results[k] for k in ('steps', 'stopped', 'best_val', 'pair_similarity', 'paths')}, indent=1, default=str))
+    elif args.command in ('docs', 'readme') and not (repo_root() / 'settings.ini').exists():
+        raise FileNotFoundError(f'`elvis-nb {args.command}` renders the notebooks of a source checkout (git clone, then '
+                                f'`pip install -e .`); this installation has none')
     elif args.command == 'docs':
         from elvis_nb.docs import build_preview
         pages = build_preview(args.out)

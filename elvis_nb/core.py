@@ -6,14 +6,14 @@
 from __future__ import annotations
 import os, random
 from dataclasses import dataclass, asdict, replace
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
-import torch
 
 # %% auto #0
-__all__ = ['PROFILES', 'CHEXPERT_LABELS', 'CHEXPERT_5', 'Profile', 'get_profile', 'seed_everything', 'resolve_device',
-           'repo_root', 'cache_dir']
+__all__ = ['PROFILES', 'CHEXPERT_LABELS', 'CHEXPERT_5', 'PACKAGE_DATA', 'Profile', 'get_profile', 'seed_everything',
+           'resolve_device', 'repo_root', 'cache_dir']
 
 # %% ../nbs/00_core.ipynb #417189c9
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ def get_profile(name: str | Profile, **overrides) -> Profile:
 # %% ../nbs/00_core.ipynb #aab7759b
 def seed_everything(seed: int) -> None:
     "Seed Python, NumPy and torch (all devices) with `seed`."
+    import torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -87,18 +88,20 @@ CHEXPERT_5 = ('Atelectasis', 'Cardiomegaly', 'Consolidation', 'Edema', 'Pleural 
 # %% ../nbs/00_core.ipynb #2656430a
 def resolve_device(device: str = 'auto') -> torch.device:
     "`'auto'` picks CUDA when present, else CPU; asking for CUDA without a GPU is an error that says so."
+    import torch
     if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but torch sees no CUDA GPU; use device='cpu' or 'auto'")
     return torch.device(device)
 
 # %% ../nbs/00_core.ipynb #a6862353
+PACKAGE_DATA = '_data'  # folder of the installed package holding the build-time copies of the kit's files (setup.py)
+
 def repo_root() -> Path:
-    "The source checkout holding `settings.ini` when the package runs from one, else the package folder."
-    here = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd()
-    for d in (here, *here.parents):
-        if (d / 'settings.ini').exists(): return d
-    return here
+    "Where the kit's files are: the source checkout when the package runs from one, else their copy inside the package."
+    here = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd()   # elvis_nb/, or nbs/ in a notebook
+    if (here.parent / 'settings.ini').exists() and (here.parent / 'nbs').is_dir(): return here.parent
+    return Path(str(files('elvis_nb') / PACKAGE_DATA))
 
 def cache_dir() -> Path:
     "Where generated artefacts (tokenizers, rendered data) are cached: `$ELVIS_NB_CACHE` or `~/.cache/elvis_nb`."

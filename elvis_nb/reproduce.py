@@ -74,13 +74,13 @@ def plan_steps(profile: str = 'quick', methods=METHODS, tasks=tuple(TASKS), seed
 
 # %% ../nbs/60_reproduce.ipynb #9c616238
 def step_done(step: Step, root: Path) -> bool:
-    "Whether `step` already finished in `root` with the same parameters."
+    "Whether `step` already finished in `root` with the same parameters (`step.json` is written only after success)."
     d = Path(root) / step.key
     try: return json.loads((d / 'step.json').read_text())['fingerprint'] == step.fingerprint() and (d / 'results.json').exists()
     except (FileNotFoundError, KeyError, json.JSONDecodeError): return False
 
 def run_step(step: Step, root: Path, force: bool = False) -> tuple[dict, bool]:
-    "Run `step` unless done; returns its results and whether it ran now."
+    "Run `step` unless done; returns its results and whether it ran now. A failure leaves a `FAILED` marker, no `step.json`."
     d = Path(root) / step.key
     if not force and step_done(step, root): return json.loads((d / 'results.json').read_text()), False
     if d.exists(): shutil.rmtree(d)
@@ -99,25 +99,32 @@ def next_ready(pending: list[Step], done) -> Step | None:
     return next((s for s in ready if s.key in awaited), ready[0] if ready else None)
 
 def run_steps(steps: list[Step], root: Path, force: bool = False, jobs: int = 1, log=print) -> dict[str, dict]:
-    "Run `steps`, up to `jobs` at a time, each once its `after` steps are done; a progress line each; {key: results} in plan order."
+    "Run `steps`, up to `jobs` at a time, each once its `after` steps are done: a line per finished step, an overall bar."
+    import sys
+    from tqdm import tqdm
     t0, out, pending, running, error = time.time(), {}, list(steps), {}, None
     number = {s.key: f'[{i}/{len(steps)}] {s.key} ({s.experiment})' for i, s in enumerate(steps, 1)}
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
+    bar = tqdm(total=len(steps), unit='step', file=sys.stderr, dynamic_ncols=True,  # elapsed<remaining from steps done
+               bar_format='{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}]{postfix}')
+    def say(line: str):
+        with bar.external_write_mode(): log(line, flush=True)             # the line above the bar, not through it
+    with bar, ThreadPoolExecutor(max(1, jobs)) as pool:
         while pending or running:
             while error is None and len(running) < jobs and (step := next_ready(pending, out)) is not None:
                 pending.remove(step)
-                log(number[step.key] + ' ...', **({'end': ' '} if jobs == 1 else {}), flush=True)
                 running[pool.submit(run_step, step, root, force)] = (step, time.time())
             if not running: break                        # a failure, or steps waiting for steps not in the plan
+            bar.set_postfix_str('running ' + ', '.join(s.key for s, _ in running.values()), refresh=True)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 step, t = running.pop(future)
-                head = '' if jobs == 1 else number[step.key] + ' '
+                bar.update()
                 try: out[step.key], ran = future.result()
                 except Exception as e:
-                    error = error or e; log(f'{head}FAILED after {_fmt_seconds(time.time() - t)}: {e}', flush=True); continue
-                log(f"{head}{'done' if ran else 'already done, skipped'} in {_fmt_seconds(time.time() - t)} "
-                    f'(total {_fmt_seconds(time.time() - t0)}, {len(out)}/{len(steps)} finished)', flush=True)
+                    error = error or e; say(f'{number[step.key]} FAILED after {_fmt_seconds(time.time() - t)}: {e}'); continue
+                say(f"{number[step.key]} {'done' if ran else 'already done, skipped'} in {_fmt_seconds(time.time() - t)} "
+                    f'(total {_fmt_seconds(time.time() - t0)}, {len(out)}/{len(steps)} finished)')
+        bar.set_postfix_str('', refresh=True)
     if error is not None: raise error
     if pending: raise ValueError(f"steps {[s.key for s in pending]} wait for steps that are not in the plan: "
                                  f"{sorted({a for s in pending for a in s.after} - set(out))}")

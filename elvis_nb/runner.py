@@ -4,21 +4,26 @@
 
 # %% ../nbs/01_runner.ipynb #0e784ab4
 from __future__ import annotations
-import json, os, time
+import ast, json, os, time, uuid
 from pathlib import Path
+
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.paths import jupyter_runtime_dir
+from traitlets import default
 
 from .core import repo_root
 
 # %% auto #0
-__all__ = ['experiments_dir', 'experiment_path', 'run_experiment']
+__all__ = ['FAILED', 'experiments_dir', 'experiment_path', 'notebook_parameters', 'accepts', 'check_parameters',
+           'QuietKernelManager', 'ExperimentError', 'run_experiment']
 
 # %% ../nbs/01_runner.ipynb #41c2da69
 def experiments_dir() -> Path:
-    "The folder of experiment notebooks in the source checkout."
+    "The folder of experiment notebooks: the checkout's `nbs/experiments`, or the copy inside the installed package."
     d = repo_root() / 'nbs' / 'experiments'
     if not d.is_dir():
-        raise FileNotFoundError(f"experiment notebooks not found at {d}: elvis_nb runs its experiments from a "
-                                "source checkout (git clone, then `pip install -e .`)")
+        raise FileNotFoundError(f"experiment notebooks not found at {d}: this installation of elvis_nb lacks its data; "
+                                "install it from a wheel or with `pip install .` (the build copies them into the package)")
     return d
 
 def experiment_path(name: str) -> Path:
@@ -29,19 +34,77 @@ def experiment_path(name: str) -> Path:
         raise FileNotFoundError(f"no experiment notebook {p.name!r} in {d}; available: {sorted(q.stem for q in d.glob('*.ipynb'))}")
     return p
 
+# %% ../nbs/01_runner.ipynb #9ed42f8a
+def notebook_parameters(path: str | Path) -> dict:
+    "{name: default} of the cell tagged `parameters` in notebook `path`, read without a kernel."
+    nb = json.loads(Path(path).read_text(encoding='utf-8'))
+    cell = next((c for c in nb['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])), None)
+    if cell is None: raise ValueError(f"{path}: no cell tagged 'parameters'")
+    body = ast.parse(''.join(cell['source'])).body
+    return {t.id: ast.literal_eval(node.value) for node in body if isinstance(node, ast.Assign) for t in node.targets}
+
+def accepts(default, value) -> bool:
+    "Whether `value` may replace a parameter's `default`: the same type, an int for a float, a tuple for a list, anything for None."
+    if default is None: return True
+    if isinstance(value, bool) != isinstance(default, bool): return False
+    if isinstance(default, float): return isinstance(value, (int, float))
+    if isinstance(default, (list, tuple)): return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+def check_parameters(name: str, parameters: dict) -> None:
+    "Refuse a parameter that experiment `name` does not declare, or a value its default's type does not accept."
+    declared = notebook_parameters(experiment_path(name))
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown: raise ValueError(f"experiment {name!r} has no parameter {', '.join(map(repr, unknown))}; its parameters "
+                                 "(with their defaults): " + ', '.join(f'{k}={v!r}' for k, v in declared.items()))
+    for k, v in parameters.items():
+        if not accepts(declared[k], v):
+            raise ValueError(f"parameter {k!r} of experiment {name!r} takes a {type(declared[k]).__name__} "
+                             f"(default {declared[k]!r}), not {v!r}")
+
+# %% ../nbs/01_runner.ipynb #3abb5b5f
+class QuietKernelManager(AsyncKernelManager):
+    "A kernel on Unix-domain (IPC) sockets that shutdown does not interrupt: no warning and no traceback on a clean run."
+    @default('transport')
+    def _transport_default(self): return 'ipc'
+
+    @default('ip')
+    def _ip_default(self):          # socket files `<ip>-<port>` in Jupyter's runtime folder, removed at shutdown
+        Path(jupyter_runtime_dir()).mkdir(parents=True, exist_ok=True)
+        return str(Path(jupyter_runtime_dir()) / f'elvis-nb-{uuid.uuid4().hex[:12]}-ipc')
+
+    async def _async_interrupt_kernel(self):
+        if not self.shutting_down: await super()._async_interrupt_kernel()
+
 # %% ../nbs/01_runner.ipynb #96552a67
+FAILED = 'FAILED'  # marker file of a run that did not finish: its message, next to the half-executed notebook
+
+class ExperimentError(RuntimeError):
+    "An experiment notebook raised: the error in a few lines, and the executed notebook that keeps the full log."
+
 def run_experiment(name: str, out_dir: str | Path, progress: bool = False, **parameters) -> dict:
     "Execute experiment `name` with papermill into `out_dir` and return the `results.json` it wrote."
+    src = experiment_path(name)
+    check_parameters(name, parameters)              # before the output folder, a kernel, or papermill's slow import
     import papermill as pm
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()              # the kernel runs in the notebooks' folder, not in ours
+    executed = out_dir / src.name
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ('results.json', FAILED): (out_dir / stale).unlink(missing_ok=True)   # never a previous run's
     os.environ.setdefault('IN_TEST', '1')
     os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
-    src = experiment_path(name)
-    parameters = {'out_dir': str(out_dir), **parameters}
     t0 = time.time()
-    pm.execute_notebook(str(src), str(out_dir / src.name), parameters=parameters, kernel_name='python3', language='python',
-                        cwd=str(src.parent), progress_bar=progress, log_output=False)
+    try:
+        pm.execute_notebook(str(src), str(executed), parameters={'out_dir': str(out_dir), **parameters}, kernel_name='python3',
+                            language='python', cwd=str(src.parent), progress_bar=progress, log_output=False,
+                            kernel_manager_class=QuietKernelManager)
+    except BaseException as e:                                             # an error, a dead kernel, or Ctrl-C
+        message = (f"experiment {name!r} failed in cell {e.exec_count}: {e.ename}: {e.evalue.strip()}"
+                   if isinstance(e, pm.PapermillExecutionError) else f"experiment {name!r} stopped: {type(e).__name__}: {e}")
+        message += f"\n  executed notebook (full log): {executed}"
+        (out_dir / FAILED).write_text(message + '\n', encoding='utf-8')
+        if isinstance(e, pm.PapermillExecutionError): raise ExperimentError(message) from None
+        raise
     res_path = out_dir / 'results.json'
     if not res_path.exists():
         raise RuntimeError(f"experiment {name!r} ran but wrote no {res_path}")

@@ -25,6 +25,17 @@ def test_papermill_reads_every_parameter():
         assert set(inspect_notebook(str(nb_path))) == assigned, nb_path.name
 
 
+def test_parameters_read_without_a_kernel_match_papermill():
+    "The runner reads each parameters cell with `ast` (fast, no kernel); papermill must see the same names and defaults."
+    import ast
+    from papermill.inspection import inspect_notebook
+    from elvis_nb.runner import notebook_parameters
+    for nb_path in sorted((ROOT / 'nbs' / 'experiments').glob('*.ipynb')):
+        ours = notebook_parameters(nb_path)
+        theirs = {k: ast.literal_eval(v['default']) for k, v in inspect_notebook(str(nb_path)).items()}
+        assert ours == theirs, nb_path.name
+
+
 def test_parameter_reaches_notebook(tmp_path):
     "The default profile is 'quick'; papermill's value must win over it."
     from elvis_nb.runner import run_experiment
@@ -36,5 +47,7 @@ def test_parameter_reaches_notebook(tmp_path):
 
 def test_cli_run(tmp_path):
     from elvis_nb.cli import main
-    assert main(['run', 'environment', '--out', str(tmp_path), '--profile', 'smoke', '-p', 'seed', '4']) == 0
-    assert json.loads((tmp_path / 'results.json').read_text())['seed'] == 4
+    "`-p` sets any parameter, `profile` included (it once clashed with --profile's default)."
+    assert main(['run', 'environment', '--out', str(tmp_path), '-p', 'profile', 'smoke', '-p', 'seed', '4']) == 0
+    res = json.loads((tmp_path / 'results.json').read_text())
+    assert res['seed'] == 4 and res['profile']['name'] == 'smoke'
