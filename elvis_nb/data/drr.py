@@ -5,8 +5,7 @@
 # %% ../../nbs/14_data.drr.ipynb #drr002
 from __future__ import annotations
 import csv, gzip, hashlib, subprocess, sys, tempfile, textwrap, zipfile
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
