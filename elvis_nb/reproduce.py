@@ -4,20 +4,21 @@
 
 # %% ../nbs/60_reproduce.ipynb #a6250015
 from __future__ import annotations
-import base64, hashlib, json, math, os, re, shutil, time
+import base64, gc, hashlib, json, math, os, re, shutil, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 from .core import get_profile, resolve_device
-from .runner import run_experiment
+from .runner import experiment_path, run_experiment
 
 # %% auto #0
 __all__ = ['METHODS', 'TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'HEADLINES', 'SIDE_BY_SIDE', 'TAGS',
-           'Step', 'plan_steps', 'step_done', 'run_step', 'next_ready', 'run_steps', 'flatten_numbers', 'mean_std',
-           'combine_results', 'headline_columns', 'results_tables', 'step_figures', 'side_by_side', 'report_markdown',
-           'markdown_to_html', 'markdown_table', 'papers_markdown', 'default_jobs', 'kernel_threads', 'reproduce']
+           'Step', 'plan_steps', 'step_done', 'run_step', 'next_ready', 'run_steps', 'execute_here', 'step_workers',
+           'flatten_numbers', 'mean_std', 'combine_results', 'headline_columns', 'results_tables', 'step_figures',
+           'side_by_side', 'report_markdown', 'markdown_to_html', 'markdown_table', 'papers_markdown', 'default_jobs',
+           'kernel_threads', 'reproduce']
 
 # %% ../nbs/60_reproduce.ipynb #eff22b29
 METHODS = ('convirt', 'gloria', 'elvis')
@@ -79,12 +80,12 @@ def step_done(step: Step, root: Path) -> bool:
     try: return json.loads((d / 'step.json').read_text())['fingerprint'] == step.fingerprint() and (d / 'results.json').exists()
     except (FileNotFoundError, KeyError, json.JSONDecodeError): return False
 
-def run_step(step: Step, root: Path, force: bool = False) -> tuple[dict, bool]:
-    "Run `step` unless done; returns its results and whether it ran now."
+def run_step(step: Step, root: Path, force: bool = False, execute=run_experiment) -> tuple[dict, bool]:
+    "Run `step` unless done (with `execute`, `run_experiment` or a `step_workers` one); its results and whether it ran now."
     d = Path(root) / step.key
     if not force and step_done(step, root): return json.loads((d / 'results.json').read_text()), False
     if d.exists(): shutil.rmtree(d)
-    results = run_experiment(step.experiment, d, **step.params)
+    results = execute(step.experiment, d, **step.params)
     (d / 'step.json').write_text(json.dumps({'fingerprint': step.fingerprint(), **asdict(step)}, indent=1))
     return results, True
 
@@ -98,7 +99,7 @@ def next_ready(pending: list[Step], done) -> Step | None:
     awaited = {a for s in pending for a in s.after}
     return next((s for s in ready if s.key in awaited), ready[0] if ready else None)
 
-def run_steps(steps: list[Step], root: Path, force: bool = False, jobs: int = 1, log=print) -> dict[str, dict]:
+def run_steps(steps: list[Step], root: Path, force: bool = False, jobs: int = 1, log=print, execute=run_experiment) -> dict[str, dict]:
     "Run `steps`, up to `jobs` at a time, each once its `after` steps are done; a progress line each; {key: results} in plan order."
     t0, out, pending, running, error = time.time(), {}, list(steps), {}, None
     number = {s.key: f'[{i}/{len(steps)}] {s.key} ({s.experiment})' for i, s in enumerate(steps, 1)}
@@ -107,7 +108,7 @@ def run_steps(steps: list[Step], root: Path, force: bool = False, jobs: int = 1,
             while error is None and len(running) < jobs and (step := next_ready(pending, out)) is not None:
                 pending.remove(step)
                 log(number[step.key] + ' ...', **({'end': ' '} if jobs == 1 else {}), flush=True)
-                running[pool.submit(run_step, step, root, force)] = (step, time.time())
+                running[pool.submit(run_step, step, root, force, execute)] = (step, time.time())
             if not running: break                        # a failure, or steps waiting for steps not in the plan
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -123,27 +124,64 @@ def run_steps(steps: list[Step], root: Path, force: bool = False, jobs: int = 1,
                                  f"{sorted({a for s in pending for a in s.after} - set(out))}")
     return {s.key: out[s.key] for s in steps}                   # plan order, whatever order they finished in
 
+# %% ../nbs/60_reproduce.ipynb #e7ec5a01
+def execute_here(name: str, out_dir: str | Path, **parameters) -> dict:
+    "Execute experiment `name` in this process, as `run_experiment` does in a kernel: executed notebook and `results.json` in `out_dir`."
+    from execnb.nbio import mk_cell, read_nb, write_nb
+    from execnb.shell import CaptureShell
+    from papermill.translators import translate_parameters
+    import matplotlib.pyplot as plt
+    out_dir, src, t0, cwd = Path(out_dir), experiment_path(name), time.time(), os.getcwd()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nb = read_nb(src)
+    at = next(i for i, c in enumerate(nb.cells) if 'parameters' in c.get('metadata', {}).get('tags', ()))
+    injected = mk_cell(translate_parameters('python3', 'python', {'out_dir': str(out_dir), **parameters}, comment='Parameters'))
+    injected.metadata = {'tags': ['injected-parameters']}
+    nb.cells.insert(at + 1, injected)
+    shell = CaptureShell(path=src.parent)
+    try: shell.run_all(nb, exc_stop=True)
+    except Exception as e: raise RuntimeError(f"experiment {name!r} failed: {type(e).__name__}: {e} (executed notebook: {out_dir / src.name})") from None
+    finally:
+        write_nb(nb, out_dir / src.name)
+        shell.reset(new_session=False); plt.close('all'); os.chdir(cwd); gc.collect()
+    if not (out_dir / 'results.json').exists(): raise RuntimeError(f"experiment {name!r} ran but wrote no {out_dir / 'results.json'}")
+    results = json.loads((out_dir / 'results.json').read_text())
+    results.setdefault('wall_seconds', round(time.time() - t0, 2))
+    return results
+
+@contextmanager
+def step_workers(jobs: int):
+    "`jobs` worker processes that keep their imports between steps; yields an `execute` for `run_step` (same call as `run_experiment`)."
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from elvis_nb.reproduce import execute_here       # by module path: a spawned worker imports it (also from this notebook)
+    with ProcessPoolExecutor(max(1, jobs), mp_context=multiprocessing.get_context('spawn')) as pool:
+        yield lambda name, out_dir, **parameters: pool.submit(execute_here, name, out_dir, **parameters).result()
+
 # %% ../nbs/60_reproduce.ipynb #3c7af710
 SKIP_KEYS = ('wall_seconds', 'seed', 'profile', 'versions', 'cpu_threads', 'step', 'steps', 'paths')
 
 def flatten_numbers(d: dict, prefix: str = '') -> dict[str, float]:
-    "Numeric leaves of a nested dict as {'a.b.c': value}, without bookkeeping keys (`SKIP_KEYS`)."
+    "Numeric leaves of a nested dict as {'a.b.c': value}, without bookkeeping keys (`SKIP_KEYS`); `null` (a failed fit) as NaN."
     out = {}
     for k, v in d.items():
         if k in SKIP_KEYS: continue
         key = f'{prefix}{k}'
         if isinstance(v, dict): out.update(flatten_numbers(v, key + '.'))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None: out[key] = float(v)
+        elif v is None: out[key] = float('nan')
+        elif isinstance(v, (int, float)) and not isinstance(v, bool): out[key] = float(v)
     return out
 
 def mean_std(values: list[float]) -> dict:
-    "Mean, sample standard deviation (0 for one value) and count, ignoring NaN."
-    vals = [v for v in values if not math.isnan(v)]
-    n = len(vals)
-    if n == 0: return {'mean': float('nan'), 'std': float('nan'), 'n': 0}
+    "Mean, sample standard deviation, 95 % t-interval half-width (`ci95`) and count `n` of the finite values; the others `excluded`."
+    from scipy.stats import t
+    vals = [v for v in values if math.isfinite(v)]
+    n, excluded = len(vals), len(values) - len(vals)
+    if n == 0: return {'mean': float('nan'), 'std': float('nan'), 'ci95': float('nan'), 'n': 0, 'excluded': excluded}
     m = sum(vals) / n
     sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
-    return {'mean': m, 'std': sd, 'n': n}
+    ci = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else float('nan')   # t_{0.975, n-1} s / √n
+    return {'mean': m, 'std': sd, 'ci95': ci, 'n': n, 'excluded': excluded}
 
 # %% ../nbs/60_reproduce.ipynb #5c6e3743
 def combine_results(results: dict[str, dict]) -> dict:
@@ -168,7 +206,10 @@ SYNTH_CAVEAT = ("**These are SynthCXR numbers, not the paper's numbers.** SynthC
     "--data-root ...` on a GPU).")
 
 def _cell(s: dict, digits: int = 3) -> str:
-    return 'n/a' if s['n'] == 0 else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} ({s['n']})"
+    "`mean ± 95 % half-width (seeds; excluded)`, the half-width `n/a` for one seed."
+    half = 'n/a' if math.isnan(s.get('ci95', float('nan'))) else f"{s['ci95']:.{digits}f}"
+    count = f"{s['n']}" + (f"; {s['excluded']} excluded" if s.get('excluded') else '')
+    return f"excluded ({s['excluded']})" if s['n'] == 0 else f"{s['mean']:.{digits}f} ± {half} ({count})"
 
 HEADLINES = {  # experiment → (column, key in the flattened results.json); '*' stands for a task, method or fraction
     'pretrain': (('val loss, start', 'initial_val.loss'), ('val loss, best', 'best_val.loss'),
@@ -197,7 +238,7 @@ def headline_columns(metrics: dict, experiment: str) -> dict[str, str]:
     return out
 
 def results_tables(combined: dict) -> str:
-    "Markdown tables, one per experiment: methods as rows, the `HEADLINES` as columns (mean ± std (seeds))."
+    "Markdown tables, one per experiment: methods as rows, the `HEADLINES` as columns (mean ± 95 % half-width (seeds))."
     out = []
     for exp in sorted({e for exps in combined.values() for e in exps}):
         rows = [m for m in combined if exp in combined[m]]
@@ -246,8 +287,8 @@ def report_markdown(combined: dict, figures: dict[str, list[Path]], root: Path, 
     seeds = meta.get('seeds', [])
     lines = [f"# elvis_nb reproduction: {', '.join(meta.get('methods', []))}", '',
              f"Profile `{meta.get('profile')}` · data: {meta.get('data_root') or 'SynthCXR (embedded default)'} · "
-             f"seeds {seeds} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''} behind every number: each cell is "
-             f"mean ± std (number of seeds)) · device {meta.get('device')} · {meta.get('jobs', 1)} step(s) at a time · "
+             f"seeds {seeds} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}: each cell is mean ± half-width of the "
+             f"95 % confidence interval over seeds (number of seeds behind it; failed fits excluded, never averaged)) · device {meta.get('device')} · {meta.get('jobs', 1)} step(s) at a time · "
              f"elvis_nb {meta.get('version')}", '']
     if not meta.get('data_root'): lines += [SYNTH_CAVEAT, '']
     lines += ['## Our results', '', f"Rows `{RANDOM_INIT}` are the untrained reference (random initialisation). The "
@@ -315,9 +356,9 @@ def kernel_threads(n: int):
     finally:
         for k in keys: os.environ.pop(k, None)
 
-def reproduce(out_dir: str | Path, profile: str = 'quick', methods=METHODS, tasks=tuple(TASKS), seeds=(0,),
+def reproduce(out_dir: str | Path, profile: str = 'quick', methods=METHODS, tasks=tuple(TASKS), seeds=(0, 1, 2),
               data_root: str = '', device: str = 'auto', force: bool = False, random_baseline: bool = True,
-              jobs: int | None = None, log=print) -> dict:
+              jobs: int | None = None, log=print, fresh_kernels: bool = False) -> dict:
     "Pre-train and evaluate `methods` for each seed, then write `results.json`, `report.md` and `report.html` in `out_dir`."
     import elvis_nb
     root = Path(out_dir).resolve()
@@ -326,8 +367,9 @@ def reproduce(out_dir: str | Path, profile: str = 'quick', methods=METHODS, task
     steps = plan_steps(profile, tuple(methods), tuple(tasks), tuple(seeds), data_root, device, root, random_baseline)
     jobs = jobs or default_jobs(device)
     log(f'elvis_nb reproduce: {len(steps)} steps into {root}, {jobs} at a time')
-    with kernel_threads(max(1, (os.cpu_count() or 1) // jobs)):
-        results = run_steps(steps, root, force, jobs, log=log)
+    with kernel_threads(max(1, (os.cpu_count() or 1) // jobs)), \
+         (nullcontext(run_experiment) if fresh_kernels else step_workers(jobs)) as execute:   # a kernel per step, or warm workers
+        results = run_steps(steps, root, force, jobs, log=log, execute=execute)
     combined = combine_results(results)
     meta = dict(profile=profile, methods=list(methods), tasks=list(tasks), seeds=list(seeds), data_root=data_root,
                 device=results['environment'].get('device', device), version=elvis_nb.__version__, jobs=jobs)
