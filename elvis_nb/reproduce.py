@@ -14,11 +14,13 @@ from .core import get_profile, resolve_device
 from .runner import experiment_path, run_experiment
 
 # %% auto #0
-__all__ = ['METHODS', 'TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'HEADLINES', 'SIDE_BY_SIDE', 'TAGS',
-           'Step', 'plan_steps', 'step_done', 'run_step', 'next_ready', 'run_steps', 'execute_here', 'step_workers',
-           'flatten_numbers', 'mean_std', 'combine_results', 'headline_columns', 'results_tables', 'step_figures',
-           'side_by_side', 'report_markdown', 'markdown_to_html', 'markdown_table', 'papers_markdown', 'default_jobs',
-           'kernel_threads', 'reproduce']
+__all__ = ['METHODS', 'TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'HEADLINES', 'SIDE_BY_SIDE',
+           'CITATIONS', 'CONFIDENCE', 'SYNTH_STANDS_FOR', 'Step', 'plan_steps', 'step_done', 'run_step', 'next_ready',
+           'run_steps', 'execute_here', 'step_workers', 'flatten_numbers', 'mean_std', 'combine_results',
+           'headline_columns', 'results_tables', 'step_figures', 'side_by_side', 'report_markdown', 'markdown_to_html',
+           'markdown_table', 'our_key', 'papers_markdown', 'experiment_parameters', 'plan_claims', 'claim_values',
+           'judge_claims', 'claims_summary', 'claims_markdown', 'default_jobs', 'kernel_threads', 'claims_figure',
+           'reproduce']
 
 # %% ../nbs/60_reproduce.ipynb #eff22b29
 METHODS = ('convirt', 'gloria', 'elvis')
@@ -282,14 +284,15 @@ def side_by_side(root: Path, rows: list[str], seed: int = 0, names=SIDE_BY_SIDE)
     return out
 
 def report_markdown(combined: dict, figures: dict[str, list[Path]], root: Path, meta: dict, papers_md: str = '',
-                    comparisons: list[Path] = ()) -> str:
-    "The report as Markdown: setup, caveat, our tables, papers' numbers, side-by-side figures, every figure (relative links)."
+                    comparisons: list[Path] = (), claims_md: str = '') -> str:
+    "The report as Markdown: setup, summary and claims, caveat, our tables, papers' numbers, side-by-side figures, every figure."
     seeds = meta.get('seeds', [])
     lines = [f"# elvis_nb reproduction: {', '.join(meta.get('methods', []))}", '',
              f"Profile `{meta.get('profile')}` · data: {meta.get('data_root') or 'SynthCXR (embedded default)'} · "
              f"seeds {seeds} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}: each cell is mean ± half-width of the "
              f"95 % confidence interval over seeds (number of seeds behind it; failed fits excluded, never averaged)) · device {meta.get('device')} · {meta.get('jobs', 1)} step(s) at a time · "
              f"elvis_nb {meta.get('version')}", '']
+    if claims_md: lines += [claims_md, '']
     if not meta.get('data_root'): lines += [SYNTH_CAVEAT, '']
     lines += ['## Our results', '', f"Rows `{RANDOM_INIT}` are the untrained reference (random initialisation). The "
               "tables show each experiment's headline numbers; every number of every step is in `results.json`.", '',
@@ -316,23 +319,76 @@ def markdown_to_html(md: str, root: Path, title: str = 'elvis_nb report') -> str
     return f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head><body>{body}</body></html>'
 
 # %% ../nbs/60_reproduce.ipynb #1c4a23c4
-TAGS = {'V': 'verified from code or a data file', 'P': 'primary source excerpt', 'S': 'secondary source (slides, AI summary)',
-        'M': 'recalled, unverified', 'I': 'inference'}
-
+CITATIONS = {  # the short name used in elvis_nb.eval.reference → (full citation, the tables its numbers come from)
+    'ConVIRT': ('Zhang, Jiang, Miura, Manning and Langlotz. Contrastive Learning of Medical Visual Representations from '
+                'Paired Images and Text. Machine Learning for Healthcare (MLHC), 2022', 'classification and retrieval tables'),
+    'GLoRIA': ('Huang, Shen, Lungren and Yeung. GLoRIA: A Multimodal Global-Local Representation Learning Framework for '
+               'Label-efficient Medical Image Recognition. ICCV, 2021', 'classification, zero-shot and segmentation tables'),
+    'ELVIS': ('Seo, Shin, Kang, Kim and Kooi. ELVIS: Empowering Locality of Vision Language Pre-training with Intra-modal '
+              'Similarity. arXiv 2304.05303, 2023', 'segmentation results'),
+    'LoVT': ('Müller, Kaissis, Zou and Rueckert. Joint Learning of Localized Representations from Medical Images and '
+             'Reports. ECCV, 2022', "result tables of the authors' repository (philip-mueller/lovt)"),
+    'MGCA': ('Wang, Zhou, Wang, Vardhanabhuti and Yu. Multi-Granularity Cross-modal Alignment for Generalized Medical '
+             'Visual Representation Learning. NeurIPS, 2022', 'segmentation table'),
+    'BioViL': ('Boecking, Usuyama, Bannur, Castro, Schwaighofer, Hyland et al. Making the Most of Text Semantics to Improve '
+               'Biomedical Vision-Language Processing. ECCV, 2022', 'MS-CXR phrase-grounding table'),
+}
+CONFIDENCE = {'V': "checked against the authors' code or data files", 'P': "from the paper's text",
+              'S': 'from a secondary summary of the paper, not yet checked against it', 'M': 'recalled, not verified',
+              'I': 'inferred'}
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     "A Markdown table of `rows` (dicts) with `columns`; `|` in cells is escaped."
     esc = lambda v: str(v).replace('|', '\\|')
     return '\n'.join(['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
                      + ['| ' + ' | '.join(esc(r.get(c, '')) for c in columns) + ' |' for r in rows])
 
-def papers_markdown() -> str:
-    "The papers' published numbers and the SynthCXR supervised reference, with provenance, as Markdown."
+SYNTH_STANDS_FOR = {'RSNA': 'pneumonia', 'SIIM': 'pneumothorax', 'COVID Rural': 'covid'}   # real set → SynthCXR task
+_FRACTION = {'1%': '0.01', '10%': '0.1', '100%': '1.0'}
+
+def our_key(ref: dict) -> tuple[str, str] | None:
+    "(experiment, flattened key) of our protocol for a published row, None where we run no such protocol."
+    p, d, m, s, f = ref['protocol'], ref['dataset'], ref['metric'], ref['setting'], _FRACTION.get(ref['setting'])
+    if p in ('linear probe', 'fine-tune') and f and d == 'CheXpert':
+        return 'eval_transfer', f"transfer.{'probe' if p == 'linear probe' else 'finetune'}.{f}.auroc_mean"
+    if p.startswith('segmentation U-Net') and f and d in SYNTH_STANDS_FOR:
+        return 'eval_segmentation', f"table.{SYNTH_STANDS_FOR[d]}.{'frozen' if p.endswith('frozen') else 'finetune'}.{f}"
+    if (r := re.fullmatch(r'retrieval (\S+) \((\dx200)\)', p)) and s.startswith('K='):
+        return 'eval_retrieval', f'retrieval.{r[2]}.{r[1]}.global.prec@{s[2:]}'
+    if p == 'zero-shot (5x200)': return 'eval_retrieval', {'accuracy': 'zeroshot.both.accuracy', 'f1': 'zeroshot.both.macro_f1'}[m]
+    if p == 'phrase grounding' and m in ('cnr', 'miou'): return 'eval_grounding', m
+    return None
+
+def _ours(combined: dict, method: str, experiment: str, key: str) -> dict | None:
+    "Our mean/interval of `key` ('1.0' also read as '1'), None when the run has none."
+    exp = combined.get(method.lower(), {}).get(experiment, {})
+    return exp.get(key) or exp.get(re.sub(r'\.1\.0(?=\.|$)', '.1', key))
+
+# %% ../nbs/60_reproduce.ipynb #e7ec5a03
+def papers_markdown(combined: dict | None = None) -> str:
+    "The published numbers beside ours, protocol by protocol, with written-out citations; unmatched rows in an appendix."
     from elvis_nb.eval.reference import reference_table, synth_reference_table
-    ref = reference_table().fillna('')
-    ref['source'] = ref.paper + ', ' + ref.table + ' [' + ref.tag + ']'
-    parts = [markdown_table(ref.to_dict('records'), ['protocol', 'dataset', 'metric', 'setting', 'method', 'reported',
-                                                      'implementation', 'source']),
-             '', 'Tags: ' + '; '.join(f'[{k}] {v}' for k, v in TAGS.items()) + '.']
+    ref, combined = reference_table().fillna('').to_dict('records'), combined or {}
+    papers = list(dict.fromkeys(r['paper'].split(' (')[0] for r in ref))
+    number = {p: i for i, p in enumerate(papers, 1)}
+    matched, appendix = [], []
+    for r in ref:
+        short = r['paper'].split(' (')[0]
+        by = (f"{r['method']} as reported by {r['paper']}" if r['method'].lower() != short.lower() else r['paper'])
+        row = dict(r, published=f"{r['value']:.3f}", source=f"{by}, {CITATIONS[short][1]} [{number[short]}]; {CONFIDENCE[r['tag']]}")
+        where = our_key(r)
+        ours = _ours(combined, r['method'], *where) if where else None
+        if ours: matched.append(dict(row, experiment=where[0], ours=_cell(ours), labels=r['setting'] or 'n/a',
+                                     task=SYNTH_STANDS_FOR.get(r['dataset'], 'SynthCXR ' + where[0].removeprefix('eval_'))))
+        else: appendix.append(row)
+    cols = ['protocol', 'metric', 'labels', 'method', 'task', 'ours', 'dataset', 'published', 'source']
+    parts = ['Our number (SynthCXR, mean ± 95 % half-width (seeds)) beside the published one (real data) for the same '
+             'protocol, method and label fraction.', '',
+             markdown_table(matched, cols) if matched else 'No published row matches a protocol of this run.', '',
+             '**References**', ''] + [f'[{number[p]}] {CITATIONS[p][0]}.' for p in papers]
+    if appendix:
+        parts += ['', f'**Appendix: published numbers without a matching protocol in this run** ({len(appendix)} rows: '
+                  'another method, data set, fraction or protocol).', '',
+                  markdown_table(appendix, ['protocol', 'dataset', 'metric', 'setting', 'method', 'published', 'source'])]
     synth = synth_reference_table()
     if len(synth):
         table = synth.round(3).reset_index().astype(object).fillna('')   # '' where a reference does not apply
@@ -341,6 +397,87 @@ def papers_markdown() -> str:
                   '`elvis_nb.eval.reference.supervised_reference`, stored in `data_samples/synth_reference.json`):', '',
                   markdown_table(table.to_dict('records'), list(table.columns))]
     return '\n'.join(parts)
+
+# %% ../nbs/60_reproduce.ipynb #e1e4c76e
+def experiment_parameters(name: str) -> dict:
+    "The literal defaults of experiment `name`'s `parameters` cell, {name: value}."
+    import ast
+    cell = next(c for c in json.loads(experiment_path(name).read_text())['cells'] if 'parameters' in c['metadata'].get('tags', ()))
+    tree = ast.parse(''.join(cell['source']))
+    return {t.id: ast.literal_eval(a.value) for a in tree.body if isinstance(a, ast.Assign) for t in a.targets if isinstance(t, ast.Name)}
+
+def _listed(params: dict, key: str, cast) -> dict[str, list]:
+    "{experiment: values} of parameter `key` (a list, or a comma-separated string) where the experiment has it."
+    return {e: [cast(x) for x in (p[key].split(',') if isinstance(p[key], str) else p[key])] for e, p in params.items() if key in p}
+
+def plan_claims(steps: list[Step], claims=None) -> tuple[list, dict[str, str]]:
+    "The claims `steps` can evaluate, checked before anything runs (a malformed claim raises), and {skipped claim: why}."
+    from elvis_nb.eval.claims import CLAIMS, validate_claims
+    claims, runs = list(CLAIMS if claims is None else claims), [s for s in steps if s.key.startswith('seed')]
+    ran = {(s.key.split('/')[1], s.experiment) for s in runs}                         # (row, experiment) pairs
+    defaults = {e: experiment_parameters(e) for e in {*TASKS.values(), 'pretrain'}}
+    planned = {s.experiment: {**defaults[s.experiment], **s.params} for s in runs}    # the same options for every row
+    validate_claims(claims, {*METHODS, RANDOM_INIT, *(m for m, _ in ran)}, defaults,
+                    fractions=_listed(defaults, 'fractions', float), tasks=_listed(defaults, 'tasks', str))
+    fractions, tasks, keep, skipped = _listed(planned, 'fractions', float), _listed(planned, 'tasks', str), [], {}
+    for c in claims:
+        missing = [f'{m} in {c.experiment}' for m in (c.method_a, c.method_b) if (m, c.experiment) not in ran]
+        if missing: skipped[c.name] = f"not in this run: {', '.join(missing)}"
+        elif c.fraction is not None and not any(math.isclose(c.fraction, f) for f in fractions.get(c.experiment, [c.fraction])):
+            skipped[c.name] = f'{c.experiment} runs label fractions {fractions[c.experiment]} in this profile, not {c.fraction}'
+        elif c.task is not None and c.task not in tasks.get(c.experiment, [c.task]):
+            skipped[c.name] = f'{c.experiment} runs tasks {tasks[c.experiment]} in this profile, not {c.task}'
+        else: keep.append(c)
+    return keep, skipped
+
+# %% ../nbs/60_reproduce.ipynb #40f3e251
+def claim_values(results: dict[str, dict]) -> dict:
+    "{(method, experiment): {seed: {key: value}}} of step results: flattened numbers (a failed fit NaN) and per-item lists."
+    from elvis_nb.eval.claims import item_lists
+    out: dict = {}
+    for key, res in results.items():
+        if m := re.fullmatch(r'seed(\d+)/([^/]+)/([^/]+)', key):
+            seed, method, experiment = m.groups()
+            out.setdefault((method, experiment), {})[int(seed)] = {**flatten_numbers(res), **item_lists(res)}
+    return out
+
+def judge_claims(claims: list, results: dict[str, dict], skipped: dict[str, str]) -> tuple[list, dict[str, str]]:
+    "Each planned claim's `ClaimResult` over the seeds; a claim whose metric the results lack joins `skipped`, with the reason."
+    from elvis_nb.eval.claims import evaluate_claims
+    values, judged, skipped = claim_values(results), [], dict(skipped)
+    for c in claims:
+        try: judged += evaluate_claims([c], values)
+        except ValueError as e: skipped[c.name] = f'not evaluated: {e}'
+    return judged, skipped
+
+# %% ../nbs/60_reproduce.ipynb #b0e5d540
+def claims_summary(judged: list, skipped: dict[str, str], n_seeds: int) -> str:
+    "Three sentences from the verdicts: what reproduced; what did not and what would settle the rest; what SynthCXR can show."
+    from collections import Counter
+    by = {v: [r.claim.name for r in judged if r.verdict == v] for v in ('reproduced', 'not reproduced', 'inconclusive')}
+    listed = lambda v: f": {'; '.join(by[v])}" if by[v] else ''
+    settle = Counter(r.resolve.split(':')[0] for r in judged if r.verdict == 'inconclusive').most_common(1)
+    budget = [r.claim.name for r in judged if r.resolve.startswith('a bigger budget')]
+    return ' '.join([
+        f"On SynthCXR, {len(by['reproduced'])} of {len(judged)} claims of the papers reproduced over {n_seeds} "
+        f"seed{'s' * (n_seeds != 1)}{listed('reproduced')}.",
+        f"{len(by['not reproduced'])} did not (the interval excludes the claimed direction){listed('not reproduced')}, and "
+        f"{len(by['inconclusive'])} {'is' if len(by['inconclusive']) == 1 else 'are'} inconclusive"
+        + (f" (most would need {settle[0][0]})" if settle else '') + '.',
+        "SynthCXR can show whether each method's mechanism works as its paper describes and how the methods rank on "
+        "the same data and budget, not how they rank on real radiographs nor the papers' absolute numbers"
+        + (f"; {len(budget)} claim{'s' * (len(budget) != 1)} would need a bigger budget or a more sensitive task than "
+           "this run gives" if budget else '')
+        + (f"; {len(skipped)} could not be evaluated in this run (listed below)" if skipped else '') + '.'])
+
+def claims_markdown(judged: list, skipped: dict[str, str], n_seeds: int, figure: str = '') -> str:
+    "The report's opening: the summary, the forest plot (`figure`, a relative path), the claims table and the skipped claims."
+    from elvis_nb.eval.claims import claims_table
+    lines = ['## Summary', '', claims_summary(judged, skipped, n_seeds), '']
+    if figure: lines += [f'![claims]({figure})', '', '*Each claim\'s effect in the claimed direction with its 95 % interval.*', '']
+    lines += ['## The claims', '', claims_table(judged) if judged else 'No claim could be evaluated in this run.', '']
+    if skipped: lines += ['Claims not evaluated in this run:', ''] + [f'- {name}: {why}' for name, why in skipped.items()] + ['']
+    return '\n'.join(lines)
 
 # %% ../nbs/60_reproduce.ipynb #95a3a2ae
 def default_jobs(device: str = 'auto') -> int:
@@ -356,26 +493,38 @@ def kernel_threads(n: int):
     finally:
         for k in keys: os.environ.pop(k, None)
 
+def claims_figure(judged: list, root: Path) -> str:
+    "The claims' forest plot (`plot_claims`) saved as `root/claims.png`; its relative path, '' without claims."
+    if not judged: return ''
+    import matplotlib.pyplot as plt
+    from elvis_nb.eval.claims import plot_claims
+    fig = plot_claims(judged); fig.savefig(Path(root) / 'claims.png', dpi=100); plt.close(fig)
+    return 'claims.png'
+
 def reproduce(out_dir: str | Path, profile: str = 'quick', methods=METHODS, tasks=tuple(TASKS), seeds=(0, 1, 2),
               data_root: str = '', device: str = 'auto', force: bool = False, random_baseline: bool = True,
-              jobs: int | None = None, log=print, fresh_kernels: bool = False) -> dict:
+              jobs: int | None = None, log=print, fresh_kernels: bool = False, claims=None) -> dict:
     "Pre-train and evaluate `methods` for each seed, then write `results.json`, `report.md` and `report.html` in `out_dir`."
     import elvis_nb
     root = Path(out_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if data_root and not Path(data_root).exists(): raise FileNotFoundError(f'data root {data_root!r} does not exist')
     steps = plan_steps(profile, tuple(methods), tuple(tasks), tuple(seeds), data_root, device, root, random_baseline)
+    claims, skipped = plan_claims(steps, claims)                       # a malformed claim fails here, before any step
     jobs = jobs or default_jobs(device)
     log(f'elvis_nb reproduce: {len(steps)} steps into {root}, {jobs} at a time')
     with kernel_threads(max(1, (os.cpu_count() or 1) // jobs)), \
          (nullcontext(run_experiment) if fresh_kernels else step_workers(jobs)) as execute:   # a kernel per step, or warm workers
         results = run_steps(steps, root, force, jobs, log=log, execute=execute)
     combined = combine_results(results)
+    judged, skipped = judge_claims(claims, results, skipped)
     meta = dict(profile=profile, methods=list(methods), tasks=list(tasks), seeds=list(seeds), data_root=data_root,
                 device=results['environment'].get('device', device), version=elvis_nb.__version__, jobs=jobs)
-    (root / 'results.json').write_text(json.dumps({'meta': meta, 'combined': combined, 'steps': results}, indent=1, default=str))
+    (root / 'results.json').write_text(json.dumps({'meta': meta, 'claims': [r.as_dict() for r in judged], 'claims_skipped': skipped,
+                                                   'combined': combined, 'steps': results}, indent=1, default=str))
     rows = [*methods, RANDOM_INIT] if random_baseline else list(methods)
-    md = report_markdown(combined, step_figures(root), root, meta, papers_markdown(), side_by_side(root, rows, seeds[0]))
+    md = report_markdown(combined, step_figures(root), root, meta, papers_markdown(combined), side_by_side(root, rows, seeds[0]),
+                         claims_markdown(judged, skipped, len(seeds), claims_figure(judged, root)))
     (root / 'report.md').write_text(md)
     (root / 'report.html').write_text(markdown_to_html(md, root))
     log(f"report: {root / 'report.html'}")
