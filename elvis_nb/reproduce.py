@@ -35,8 +35,8 @@ RANDOM_INIT = 'random'  # the reference row: an untrained model evaluated like t
 TASK_OPTIONS = {  # lighter protocols where a profile's budget needs them; other tasks run their notebook's defaults
     'smoke': {'locality': dict(umap=False), 'segmentation': dict(fractions='1.0')},  # smoke checks the pipeline, in
               # minutes: UMAP's numba compilation alone takes most of a minute, 18 U-Nets another
-    'quick': {'segmentation': dict(modes='frozen', fractions='1.0', decoder_width=64),  # 3 U-Nets per model, not 18
-              'grounding': dict(smooth_sigma=0)},  # no smoothing on the 8-cell grid (see above)
+    'quick': {'grounding': dict(smooth_sigma=0)},  # no smoothing on the 8-cell grid (see above); segmentation and
+              # transfer run their notebooks' quick protocols: 1, 10 and 100 % of the labels, where the papers see the gain
 }
 
 @dataclass
@@ -407,8 +407,9 @@ def experiment_parameters(name: str) -> dict:
     return {t.id: ast.literal_eval(a.value) for a in tree.body if isinstance(a, ast.Assign) for t in a.targets if isinstance(t, ast.Name)}
 
 def _listed(params: dict, key: str, cast) -> dict[str, list]:
-    "{experiment: values} of parameter `key` (a list, or a comma-separated string) where the experiment has it."
-    return {e: [cast(x) for x in (p[key].split(',') if isinstance(p[key], str) else p[key])] for e, p in params.items() if key in p}
+    "{experiment: values} of parameter `key` (a list, or a comma-separated string; empty: the profile's, not checked)."
+    return {e: [cast(x) for x in (p[key].split(',') if isinstance(p[key], str) else p[key])] for e, p in params.items()
+            if p.get(key) not in (None, '', [])}
 
 def plan_claims(steps: list[Step], claims=None) -> tuple[list, dict[str, str]]:
     "The claims `steps` can evaluate, checked before anything runs (a malformed claim raises), and {skipped claim: why}."
