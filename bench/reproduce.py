@@ -1,31 +1,45 @@
-"""Wall time of the main job (issue 8: `quick` on 2 CPU cores in at most 20 minutes with one seed, install aside).
+"""Wall time of the main job: the three-seed `quick` reproduction on 2 CPU cores in at most 20 minutes, install aside.
 
-Usage: `python bench/reproduce.py [--profile quick] [--jobs N]` from the repository root, on an otherwise idle
-machine (the target is wall time); writes bench/results/reproduce_<profile>.json with the total, the time of
-every step, and the machine. It renders SynthCXR into a fresh cache, as a first run on a new machine does.
+Usage: `python bench/reproduce.py [--profile quick] [--seeds 0 1 2] [--jobs N] [--methods ...] [--tasks ...]` from
+the repository root, on an otherwise idle machine (the target is wall time). It renders SynthCXR into a fresh cache,
+as a first run on a new machine does, and writes bench/results/reproduce_<profile>.json: the seeds, the total, the
+seconds of every step (the time its notebook ran, inside the worker), each claim with its verdict, and the machine.
+A subset (`--methods elvis --seeds 0`) times a part of the job; its file says so (`subset`).
 """
 import argparse, json, os, platform, tempfile, time
 from pathlib import Path
 
 
-def main(profile: str = 'quick', jobs: int | None = None) -> dict:
+def main(profile: str = 'quick', seeds=(0, 1, 2), jobs: int | None = None, methods=None, tasks=None) -> dict:
+    from elvis_nb.reproduce import METHODS, TASKS
+    methods, tasks = tuple(methods or METHODS), tuple(tasks or TASKS)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ['ELVIS_NB_CACHE'] = str(Path(tmp) / 'cache')          # no rendered images from earlier runs
         from elvis_nb.reproduce import default_jobs, reproduce
         t0 = time.time()
-        reproduce(Path(tmp) / 'run', profile=profile, jobs=jobs)
+        reproduce(Path(tmp) / 'run', profile=profile, seeds=seeds, jobs=jobs, methods=methods, tasks=tasks)
         total = time.time() - t0
-    return {'profile': profile, 'jobs': jobs or default_jobs(), 'total_seconds': round(total, 1),
+        results = json.loads((Path(tmp) / 'run' / 'results.json').read_text())
+    return {'profile': profile, 'seeds': list(seeds), 'jobs': jobs or default_jobs(), 'total_seconds': round(total, 1),
             'target_seconds': 20 * 60 if profile == 'quick' else None,
+            'subset': None if (methods, tasks) == (METHODS, TASKS) else {'methods': list(methods), 'tasks': list(tasks)},
+            'step_seconds': {k: r.get('wall_seconds') for k, r in results['steps'].items()},
+            'claims': [{'name': c['name'], 'verdict': c['verdict'], 'effect': c['effect'], 'lo': c['lo'], 'hi': c['hi'],
+                        'n_seeds': c['n_seeds']} for c in results['claims']],
+            'claims_skipped': results['claims_skipped'],
             'python': platform.python_version(), 'cpu_count': os.cpu_count(), 'load_average_1min_after': os.getloadavg()[0]}
 
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--profile', default='quick')
+    ap.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     ap.add_argument('--jobs', type=int, default=None)
+    ap.add_argument('--methods', nargs='+', default=None)
+    ap.add_argument('--tasks', nargs='+', default=None)
     a = ap.parse_args()
-    res = main(a.profile, a.jobs)
-    out = Path(__file__).parent / 'results' / f'reproduce_{a.profile}.json'
+    res = main(a.profile, tuple(a.seeds), a.jobs, a.methods, a.tasks)
+    name = f'reproduce_{a.profile}' + ('' if res['subset'] is None and res['seeds'] == [0, 1, 2] else '_subset')
+    out = Path(__file__).parent / 'results' / f'{name}.json'
     out.write_text(json.dumps(res, indent=1))
-    print(json.dumps(res), '->', out)
+    print(json.dumps({k: res[k] for k in ('profile', 'seeds', 'total_seconds', 'subset')}), '->', out)

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument('--methods', nargs='+', default=list(METHODS), help=f'subset of {list(METHODS)} (or elvis_* ablations)')
     rep.add_argument('--tasks', nargs='+', default=list(TASKS), choices=list(TASKS), metavar='TASK',
                      help=f'subset of {list(TASKS)}')
-    rep.add_argument('--seeds', nargs='+', type=int, default=[0], help='several seeds give mean ± std')
+    rep.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2], help='seeds: every number is mean ± 95 %% interval over them')
     rep.add_argument('--data-root', default='', help='real data root (default: SynthCXR)')
     rep.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
     rep.add_argument('--force', action='store_true', help='re-run steps that already finished')

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_runner.ipynb #0e784ab4
 from __future__ import annotations
-import ast, json, os, time, uuid
+import ast, json, os, sys, time, uuid
 from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
@@ -15,7 +15,8 @@ from .core import repo_root
 
 # %% auto #0
 __all__ = ['FAILED', 'experiments_dir', 'experiment_path', 'notebook_parameters', 'accepts', 'check_parameters',
-           'QuietKernelManager', 'ExperimentError', 'run_experiment']
+           'QuietKernelManager', 'CellError', 'execute_in_kernel', 'execute_in_process', 'ExperimentError',
+           'run_experiment']
 
 # %% ../nbs/01_runner.ipynb #41c2da69
 def experiments_dir() -> Path:
@@ -76,17 +77,53 @@ class QuietKernelManager(AsyncKernelManager):
     async def _async_interrupt_kernel(self):
         if not self.shutting_down: await super()._async_interrupt_kernel()
 
+# %% ../nbs/01_runner.ipynb #ed9593b7
+class CellError(RuntimeError):
+    "A cell of a notebook run in process raised: its number, the exception's name and message."
+    def __init__(self, exec_count: int, ename: str, evalue: str):
+        super().__init__(f'cell {exec_count}: {ename}: {evalue}')
+        self.exec_count, self.ename, self.evalue = exec_count, ename, evalue
+
+def execute_in_kernel(src: Path, executed: Path, parameters: dict, progress: bool = False) -> None:
+    "Run notebook `src` with `parameters` in a fresh quiet papermill kernel, writing the executed copy to `executed`."
+    import papermill as pm
+    pm.execute_notebook(str(src), str(executed), parameters=parameters, kernel_name='python3', language='python',
+                        cwd=str(src.parent), progress_bar=progress, log_output=False, kernel_manager_class=QuietKernelManager)
+
+def execute_in_process(src: Path, executed: Path, parameters: dict) -> None:
+    "Run notebook `src` with `parameters` in this process (execnb, a fresh namespace), writing the executed copy to `executed`."
+    import gc
+    from execnb.nbio import mk_cell, read_nb, write_nb
+    from execnb.shell import CaptureShell
+    from papermill.translators import translate_parameters
+    nb, cwd = read_nb(src), os.getcwd()
+    at = next(i for i, c in enumerate(nb.cells) if 'parameters' in c.get('metadata', {}).get('tags', ()))
+    injected = mk_cell(translate_parameters('python3', 'python', parameters, comment='Parameters'))
+    injected.metadata = {'tags': ['injected-parameters']}
+    nb.cells.insert(at + 1, injected)
+    shell = CaptureShell(path=src.parent)
+    try:
+        for n, cell in enumerate(nb.cells, 1):
+            shell.cell(cell)                                              # code cells only; outputs stored in the cell
+            if shell.exc: raise CellError(n, type(shell.exc).__name__, str(shell.exc))
+    finally:
+        write_nb(nb, executed)
+        shell.reset(new_session=False); os.chdir(cwd)
+        if 'matplotlib.pyplot' in sys.modules: sys.modules['matplotlib.pyplot'].close('all')
+        gc.collect()
+
 # %% ../nbs/01_runner.ipynb #96552a67
 FAILED = 'FAILED'  # marker file of a run that did not finish: its message, next to the half-executed notebook
 
 class ExperimentError(RuntimeError):
     "An experiment notebook raised: the error in a few lines, and the executed notebook that keeps the full log."
 
-def run_experiment(name: str, out_dir: str | Path, progress: bool = False, **parameters) -> dict:
-    "Execute experiment `name` with papermill into `out_dir` and return the `results.json` it wrote."
+def run_experiment(name: str, out_dir: str | Path, progress: bool = False,
+                   in_process: bool = False,  # run in this process (`execute_in_process`), not in a fresh papermill kernel
+                   **parameters) -> dict:
+    "Execute experiment `name` (papermill in a fresh kernel, or in this process) into `out_dir`; the `results.json` it wrote."
     src = experiment_path(name)
     check_parameters(name, parameters)              # before the output folder, a kernel, or papermill's slow import
-    import papermill as pm
     out_dir = Path(out_dir).resolve()              # the kernel runs in the notebooks' folder, not in ours
     executed = out_dir / src.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,16 +131,17 @@ def run_experiment(name: str, out_dir: str | Path, progress: bool = False, **par
     os.environ.setdefault('IN_TEST', '1')
     os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
     t0 = time.time()
+    parameters = {'out_dir': str(out_dir), **parameters}
     try:
-        pm.execute_notebook(str(src), str(executed), parameters={'out_dir': str(out_dir), **parameters}, kernel_name='python3',
-                            language='python', cwd=str(src.parent), progress_bar=progress, log_output=False,
-                            kernel_manager_class=QuietKernelManager)
+        if in_process: execute_in_process(src, executed, parameters)
+        else: execute_in_kernel(src, executed, parameters, progress)
     except BaseException as e:                                             # an error, a dead kernel, or Ctrl-C
-        message = (f"experiment {name!r} failed in cell {e.exec_count}: {e.ename}: {e.evalue.strip()}"
-                   if isinstance(e, pm.PapermillExecutionError) else f"experiment {name!r} stopped: {type(e).__name__}: {e}")
+        failed = isinstance(e, CellError) or type(e).__name__ == 'PapermillExecutionError'
+        message = (f"experiment {name!r} failed in cell {e.exec_count}: {e.ename}: {e.evalue.strip()}" if failed
+                   else f"experiment {name!r} stopped: {type(e).__name__}: {e}")
         message += f"\n  executed notebook (full log): {executed}"
         (out_dir / FAILED).write_text(message + '\n', encoding='utf-8')
-        if isinstance(e, pm.PapermillExecutionError): raise ExperimentError(message) from None
+        if failed: raise ExperimentError(message) from None
         raise
     res_path = out_dir / 'results.json'
     if not res_path.exists():

@@ -181,7 +181,7 @@ def gloria_local_similarity(words: torch.Tensor,      # [B_t, T, D] word embeddi
                             regions: torch.Tensor,    # [B_i, R, D] region embeddings v
                             gamma1: float = 4.0,      # attention sharpness (τ1 = 1/γ1)
                             gamma2: float = 5.0,      # word-aggregation scale (τ2 = 1/γ2)
-                            chunk_size: int = 2,      # captions per block: memory ≈ 4·chunk_size·T·B_i·R floats
+                            chunk_size: int = 8,      # captions per block: memory ≈ 4·chunk_size·T·B_i·R floats (see Cost)
                            ) -> torch.Tensor:         # Z [B_i, B_t]: Z(image a, caption b)
     "Z(a, b) = log Σ_i exp(γ2 cos(c_i, e_i)) for every image a and caption b, computed in blocks of captions."
     if words.ndim != 3 or regions.ndim != 3 or words.shape[-1] != regions.shape[-1] or word_mask.shape != words.shape[:2]:
@@ -201,7 +201,7 @@ def gloria_local_similarity(words: torch.Tensor,      # [B_t, T, D] word embeddi
 def gloria_local_loss(words: torch.Tensor, word_mask: torch.Tensor, regions: torch.Tensor,
                       gamma1: float = 4.0, gamma2: float = 5.0,
                       gamma3: float = 10.0,  # logit scale (τ3 = 1/γ3)
-                      chunk_size: int = 2) -> torch.Tensor:  # scalar: CE(γ3 Z) + CE(γ3 Zᵀ)
+                      chunk_size: int = 8) -> torch.Tensor:  # scalar: CE(γ3 Z) + CE(γ3 Zᵀ)
     "GLoRIA's local loss over all caption–image pairs of the batch (caption b belongs to image b)."
     if words.shape[0] != regions.shape[0]:
         raise ValueError(f"the local loss pairs caption b with image b: got {words.shape[0]} captions and {regions.shape[0]} images")
