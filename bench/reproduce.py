@@ -10,16 +10,17 @@ import argparse, json, os, platform, tempfile, time
 from pathlib import Path
 
 
-def main(profile: str = 'quick', seeds=(0, 1, 2), jobs: int | None = None, methods=None, tasks=None) -> dict:
+def main(profile: str = 'quick', seeds=(0, 1, 2), jobs: int | None = None, methods=None, tasks=None, keep: str = '') -> dict:
     from elvis_nb.reproduce import METHODS, TASKS
     methods, tasks = tuple(methods or METHODS), tuple(tasks or TASKS)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ['ELVIS_NB_CACHE'] = str(Path(tmp) / 'cache')          # no rendered images from earlier runs
         from elvis_nb.reproduce import default_jobs, reproduce
+        run = Path(keep) if keep else Path(tmp) / 'run'                  # --keep DIR: the run (report, figures) stays
         t0 = time.time()
-        reproduce(Path(tmp) / 'run', profile=profile, seeds=seeds, jobs=jobs, methods=methods, tasks=tasks)
+        reproduce(run, profile=profile, seeds=seeds, jobs=jobs, methods=methods, tasks=tasks)
         total = time.time() - t0
-        results = json.loads((Path(tmp) / 'run' / 'results.json').read_text())
+        results = json.loads((run / 'results.json').read_text())
     return {'profile': profile, 'seeds': list(seeds), 'jobs': jobs or default_jobs(), 'total_seconds': round(total, 1),
             'target_seconds': 20 * 60 if profile == 'quick' else None,
             'subset': None if (methods, tasks) == (METHODS, TASKS) else {'methods': list(methods), 'tasks': list(tasks)},
@@ -37,8 +38,9 @@ if __name__ == '__main__':
     ap.add_argument('--jobs', type=int, default=None)
     ap.add_argument('--methods', nargs='+', default=None)
     ap.add_argument('--tasks', nargs='+', default=None)
+    ap.add_argument('--keep', default='', help='run into this folder and keep it (default: a temporary one)')
     a = ap.parse_args()
-    res = main(a.profile, tuple(a.seeds), a.jobs, a.methods, a.tasks)
+    res = main(a.profile, tuple(a.seeds), a.jobs, a.methods, a.tasks, a.keep)
     name = f'reproduce_{a.profile}' + ('' if res['subset'] is None and res['seeds'] == [0, 1, 2] else '_subset')
     out = Path(__file__).parent / 'results' / f'{name}.json'
     out.write_text(json.dumps(res, indent=1))
