@@ -23,7 +23,7 @@ def main(profile: str = 'quick', seeds=(0, 1, 2), jobs: int | None = None, metho
         results = json.loads((run / 'results.json').read_text())
     return {'profile': profile, 'seeds': list(seeds), 'jobs': jobs or default_jobs(), 'total_seconds': round(total, 1),
             'target_seconds': 20 * 60 if profile == 'quick' else None,
-            'subset': None if (methods, tasks) == (METHODS, TASKS) else {'methods': list(methods), 'tasks': list(tasks)},
+            'subset': None if (methods, tasks) == (tuple(METHODS), tuple(TASKS)) else {'methods': list(methods), 'tasks': list(tasks)},
             'step_seconds': {k: r.get('wall_seconds') for k, r in results['steps'].items()},
             'claims': [{'name': c['name'], 'verdict': c['verdict'], 'effect': c['effect'], 'lo': c['lo'], 'hi': c['hi'],
                         'n_seeds': c['n_seeds']} for c in results['claims']],
