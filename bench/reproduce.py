@@ -11,7 +11,8 @@ from pathlib import Path
 
 
 def main(profile: str = 'quick', seeds=(0, 1, 2), jobs: int | None = None, methods=None, tasks=None, keep: str = '') -> dict:
-    from elvis_nb.reproduce import METHODS, TASKS
+    from elvis_nb.core import METHOD_NAMES as METHODS
+    from elvis_nb.reproduce import TASKS
     methods, tasks = tuple(methods or METHODS), tuple(tasks or TASKS)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ['ELVIS_NB_CACHE'] = str(Path(tmp) / 'cache')          # no rendered images from earlier runs

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse, json, os, platform, subprocess, sys, tempfile, time
 from pathlib import Path
 
-METHODS = ('convirt', 'gloria', 'elvis')
+from elvis_nb.core import METHOD_NAMES as METHODS
 STEPS = {'smoke': 6, 'quick': 4, 'paper': 20}
 PEAK_TFLOPS = {'H200': 989, 'H100': 989, 'A100': 312, 'L40S': 362, 'L4': 121, 'A10': 125, 'V100': 125}  # dense bf16/fp16
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import elvis_nb
 from .core import PROFILES, repo_root
 from .runner import experiment_path, notebook_parameters, run_experiment
-from .reproduce import METHODS, TASKS, reproduce
+from .core import METHOD_NAMES
+from .reproduce import TASKS, reproduce
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'parse_value', 'build_parser', 'torchrun_command', 'main', 'command']
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = add('reproduce', help='pre-train every method, run every evaluation, write a report')
     rep.add_argument('--out', default='runs/quick', help='output folder: steps, results.json, report.html')
     rep.add_argument('--profile', default='quick', choices=sorted(PROFILES))
-    rep.add_argument('--methods', nargs='+', default=list(METHODS), help=f'subset of {list(METHODS)} (or elvis_* ablations)')
+    rep.add_argument('--methods', nargs='+', default=list(METHOD_NAMES), help=f'subset of {list(METHOD_NAMES)} (or elvis_* ablations)')
     rep.add_argument('--tasks', nargs='+', default=list(TASKS), choices=list(TASKS), metavar='TASK',
                      help=f'subset of {list(TASKS)}')
     rep.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2], help='seeds: every number is mean ± 95 %% interval over them')

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['PROFILES', 'CHEXPERT_LABELS', 'CHEXPERT_5', 'PACKAGE_DATA', 'Profile', 'get_profile', 'seed_everything',
-           'resolve_device', 'repo_root', 'cache_dir']
+__all__ = ['PROFILES', 'METHOD_NAMES', 'CHEXPERT_LABELS', 'CHEXPERT_5', 'PACKAGE_DATA', 'Profile', 'get_profile',
+           'seed_everything', 'resolve_device', 'repo_root', 'cache_dir']
 
 # %% ../nbs/00_core.ipynb #417189c9
 @dataclass(frozen=True)
@@ -80,6 +80,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #e26a88a9
+METHOD_NAMES = ('convirt', 'gloria', 'elvis')  # the three methods the kit implements and compares, in the report's order
+
 CHEXPERT_LABELS = ('Atelectasis', 'Cardiomegaly', 'Consolidation', 'Edema', 'Enlarged Cardiomediastinum',
                    'Fracture', 'Lung Lesion', 'Lung Opacity', 'No Finding', 'Pleural Effusion', 'Pleural Other',
                    'Pneumonia', 'Pneumothorax', 'Support Devices')

@@ -10,20 +10,18 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
-from .core import get_profile, resolve_device
+from .core import METHOD_NAMES, get_profile, resolve_device
 from .runner import experiment_path, run_experiment
 
 # %% auto #0
-__all__ = ['METHODS', 'TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'HEADLINES', 'SIDE_BY_SIDE',
-           'CITATIONS', 'CONFIDENCE', 'SYNTH_STANDS_FOR', 'Step', 'plan_steps', 'step_done', 'run_step', 'next_ready',
-           'run_steps', 'step_workers', 'flatten_numbers', 'mean_std', 'combine_results', 'headline_columns',
-           'results_tables', 'step_figures', 'side_by_side', 'report_markdown', 'markdown_to_html', 'markdown_table',
-           'our_key', 'papers_markdown', 'experiment_parameters', 'profile_options', 'plan_claims', 'claim_values',
-           'judge_claims', 'claims_summary', 'claims_markdown', 'default_jobs', 'kernel_threads', 'claims_figure',
-           'reproduce']
+__all__ = ['TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'HEADLINES', 'SIDE_BY_SIDE', 'CITATIONS',
+           'CONFIDENCE', 'SYNTH_STANDS_FOR', 'Step', 'plan_steps', 'step_done', 'run_step', 'next_ready', 'run_steps',
+           'step_workers', 'flatten_numbers', 'mean_std', 'combine_results', 'headline_columns', 'results_tables',
+           'step_figures', 'side_by_side', 'report_markdown', 'markdown_to_html', 'markdown_table', 'our_key',
+           'papers_markdown', 'experiment_parameters', 'profile_options', 'plan_claims', 'claim_values', 'judge_claims',
+           'claims_summary', 'claims_markdown', 'default_jobs', 'kernel_threads', 'claims_figure', 'reproduce']
 
 # %% ../nbs/60_reproduce.ipynb #eff22b29
-METHODS = ('convirt', 'gloria', 'elvis')
 TASKS = {  # task name → experiment notebook
     'retrieval': 'eval_retrieval',       # retrieval Prec@K and zero-shot classification
     'transfer': 'eval_transfer',         # linear probe and fine-tuning, AUROC at 1/10/100 % labels
@@ -52,11 +50,11 @@ class Step:
         return hashlib.sha256(json.dumps([self.experiment, self.params], sort_keys=True).encode()).hexdigest()[:16]
 
 # %% ../nbs/60_reproduce.ipynb #2bb5bb77
-def plan_steps(profile: str = 'quick', methods=METHODS, tasks=tuple(TASKS), seeds=(0,), data_root: str = '',
+def plan_steps(profile: str = 'quick', methods=METHOD_NAMES, tasks=tuple(TASKS), seeds=(0,), data_root: str = '',
                device: str = 'auto', root: Path = Path('.'), random_baseline: bool = True) -> list[Step]:
     "The ordered steps of a reproduction: per seed, each method's pre-training then its evaluations."
-    unknown = [m for m in methods if m not in METHODS and not m.startswith('elvis_')]
-    if unknown: raise ValueError(f"unknown method(s) {unknown}: choose from {list(METHODS)} (or an 'elvis_*' ablation)")
+    unknown = [m for m in methods if m not in METHOD_NAMES and not m.startswith('elvis_')]
+    if unknown: raise ValueError(f"unknown method(s) {unknown}: choose from {list(METHOD_NAMES)} (or an 'elvis_*' ablation)")
     bad = [t for t in tasks if t not in TASKS]
     if bad: raise ValueError(f"unknown task(s) {bad}: choose from {list(TASKS)}")
     get_profile(profile)
@@ -407,7 +405,7 @@ def plan_claims(steps: list[Step], claims=None) -> tuple[list, dict[str, str]]:
     defaults = {e: experiment_parameters(e) for e in {*TASKS.values(), 'pretrain'}}
     planned = {s.experiment: profile_options(s.experiment, {**defaults[s.experiment], **s.params}) for s in runs}
     offered = {e: profile_options(e, {**p, 'profile': 'paper'}) for e, p in defaults.items()}   # paper: every protocol
-    validate_claims(claims, {*METHODS, RANDOM_INIT, *(m for m, _ in ran)}, defaults,
+    validate_claims(claims, {*METHOD_NAMES, RANDOM_INIT, *(m for m, _ in ran)}, defaults,
                     fractions=_listed(offered, 'fractions', float), tasks=_listed(offered, 'tasks', str))
     fractions, tasks, keep, skipped = _listed(planned, 'fractions', float), _listed(planned, 'tasks', str), [], {}
     for c in claims:
@@ -491,7 +489,7 @@ def claims_figure(judged: list, root: Path) -> str:
     fig = plot_claims(judged); fig.savefig(Path(root) / 'claims.png', dpi=100); plt.close(fig)
     return 'claims.png'
 
-def reproduce(out_dir: str | Path, profile: str = 'quick', methods=METHODS, tasks=tuple(TASKS), seeds=(0, 1, 2),
+def reproduce(out_dir: str | Path, profile: str = 'quick', methods=METHOD_NAMES, tasks=tuple(TASKS), seeds=(0, 1, 2),
               data_root: str = '', device: str = 'auto', force: bool = False, random_baseline: bool = True,
               jobs: int | None = None, log=print, fresh_kernels: bool = False, claims=None) -> dict:
     "Pre-train and evaluate `methods` for each seed, then write `results.json`, `report.md` and `report.html` in `out_dir`."

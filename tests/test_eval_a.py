@@ -76,7 +76,7 @@ def test_char_count_mask_reads_padding():
 
 
 # ---------------------------------------------------------------- real methods through the Method interface
-METHODS = ['convirt', 'gloria', 'elvis']
+from elvis_nb.core import METHOD_NAMES as METHODS
 
 
 @pytest.fixture(scope='module')

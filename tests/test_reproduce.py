@@ -5,7 +5,8 @@ import json
 import pytest
 
 from elvis_nb.eval.claims import VERDICTS
-from elvis_nb.reproduce import METHODS, TASKS, reproduce
+from elvis_nb.core import METHOD_NAMES as METHODS
+from elvis_nb.reproduce import TASKS, reproduce
 
 SEEDS = (0, 1)
 

@@ -22,7 +22,7 @@ from elvis_nb.train import NonFiniteLossError, TrainConfig, train
 from elvis_nb.checkpoint import checkpoint_info
 from test_distributed import spawn
 
-METHODS = ['convirt', 'gloria', 'elvis']
+from elvis_nb.core import METHOD_NAMES as METHODS
 ROOT = Path(__file__).resolve().parents[1]
 
 

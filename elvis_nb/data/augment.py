@@ -20,7 +20,7 @@ __all__ = ['AugmentConfig', 'crop_affine_matrices', 'gaussian_blur', 'swap_later
 # %% ../../nbs/13_data.augment.ipynb #1599afc0
 @dataclass
 class AugmentConfig:
-    "ConVIRT's augmentation set (paper-notes §3.1) plus the report sampling."
+    "ConVIRT's augmentation set (references.html#ref-convirt) plus the report sampling."
     crop_scale: tuple[float, float] = (0.6, 1.0)       # RandomResizedCrop: fraction of the image area kept
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)   # RandomResizedCrop: aspect ratio w/h (torchvision's default)
     rotate_deg: float = 20.0                           # RandomAffine: rotation drawn from ±rotate_deg

@@ -11,12 +11,13 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from ..core import METHOD_NAMES
+
 # %% auto #0
-__all__ = ['DIRECTIONS', 'VERDICTS', 'PAPERS', 'SEG_TASKS_CLAIMED', 'METHODS_CLAIMED', 'CLAIMS', 'VERDICT_COLOURS', 'Claim',
-           'flatten_results', 'item_lists', 'paired_differences', 't_interval', 'small_sample_factor',
-           'hierarchical_bootstrap', 'verdict', 'seeds_needed', 'resolve_sentence', 'metric_pattern', 'resolve_metric',
-           'validate_claims', 'ClaimResult', 'evaluate_claim', 'evaluate_claims', 'default_claims', 'applicable_claims',
-           'claims_table', 'plot_claims']
+__all__ = ['DIRECTIONS', 'VERDICTS', 'PAPERS', 'SEG_TASKS_CLAIMED', 'CLAIMS', 'VERDICT_COLOURS', 'Claim', 'flatten_results',
+           'item_lists', 'paired_differences', 't_interval', 'small_sample_factor', 'hierarchical_bootstrap', 'verdict',
+           'seeds_needed', 'resolve_sentence', 'metric_pattern', 'resolve_metric', 'validate_claims', 'ClaimResult',
+           'evaluate_claim', 'evaluate_claims', 'default_claims', 'applicable_claims', 'claims_table', 'plot_claims']
 
 # %% ../../nbs/57_eval.claims.ipynb #f459e5e6
 DIRECTIONS = {1: 'A > B', -1: 'A < B'}
@@ -287,7 +288,6 @@ def evaluate_claims(claims: Sequence[Claim],
 PAPERS = {'convirt2022': 'ConVIRT (Zhang et al., 2022)', 'gloria2021': 'GLoRIA (Huang et al., 2021)',
           'elvis2023': 'ELVIS (Seo et al., 2023)', 'biovil2022': 'BioViL (Boecking et al., 2022)'}
 SEG_TASKS_CLAIMED = ('pneumonia', 'covid', 'pneumothorax')   # SynthCXR's stand-ins for RSNA, COVID Rural, SIIM
-METHODS_CLAIMED = ('convirt', 'gloria', 'elvis')
 
 def _claim(source: str, a: str, b: str, label: str, experiment: str, metric: str, description: str, **kw) -> Claim:
     return Claim(f'{a} > {b}: {label}', source, PAPERS[source], a, b, experiment, metric, 1, description, **kw)
@@ -297,10 +297,10 @@ def default_claims() -> list[Claim]:
     few = [_claim('convirt2022' if mode == 'probe' else 'gloria2021', m, 'random', f'{mode} AUROC, 1 %', 'eval_transfer', f'transfer.{mode}.0.01.auroc_mean',
                   f'{m} pre-training beats random initialisation with 1 % of the labels ({what}, AUROC).', fraction=0.01, task='chexpert5')
            for mode, what in (('probe', "linear probe: ConVIRT's protocol"), ('finetune', "fine-tuning: GLoRIA's protocol"))
-           for m in METHODS_CLAIMED]
+           for m in METHOD_NAMES]
     few += [_claim('gloria2021', m, 'random', 'pneumothorax Dice, 1 %', 'eval_segmentation', 'table.pneumothorax.frozen.0.01',
                    f'{m} pre-training beats random initialisation in pneumothorax segmentation with 1 % of the labels (Dice; GLoRIA\'s SIIM table).',
-                   fraction=0.01, task='pneumothorax') for m in METHODS_CLAIMED]
+                   fraction=0.01, task='pneumothorax') for m in METHOD_NAMES]
     local = [_claim('biovil2022' if m == 'gloria' else 'elvis2023', m, 'convirt', what, 'eval_grounding', key,
                     f'{m} (a local loss) grounds phrases better than ConVIRT (global only): {what}.', items=f'items.{key}')
              for m in ('gloria', 'elvis') for key, what in (('cnr', 'CNR'), ('peak_in_box', 'peak inside the box'))]

@@ -49,7 +49,7 @@ def local_contrastive_loss(z_local: torch.Tensor,  # [B, N, D] local embeddings 
 # %% ../../nbs/24_losses.elvis.ipynb #61a6c2d6
 @dataclass
 class ElvisLocalConfig:
-    "ELVIS's local loss; each default is the reading of paper-notes §1.3/§6, the reason in the comment."
+    "ELVIS's local loss; each default is the reading of references.html#ref-elvis, references.html#choices, the reason in the comment."
     tau_src: float = 0.3           # τ^src_l: ELVIS Sec. 2.2 (via the summary) and LoVT's local temperature agree
     tau_tgt: float = 0.1           # τ^tgt_l: ELVIS Sec. 2.2 (via the summary)
     target: str = 'intra_modal'    # 'intra_modal' (ELVIS, q from y_l) | 'onehot' (the LoVT/MGCA ablation ELVIS argues against)

@@ -75,7 +75,7 @@ class MethodConfig:
 
 @dataclass
 class ConVIRTConfig(MethodConfig):
-    "ConVIRT (paper-notes §3.1): global InfoNCE only."
+    "ConVIRT (references.html#ref-convirt): global InfoNCE only."
     local_stage: int | None = 4           # no local loss; locals = the dense reading of the global head on the last stage
     text_pooling: str = 'max'             # ConVIRT max-pools all output tokens
     freeze_text_layers: int | None = None # ConVIRT freezes embeddings + first 6 of ClinicalBERT's 12 layers; random BERTs: none
@@ -84,10 +84,10 @@ class ConVIRTConfig(MethodConfig):
 
 @dataclass
 class GLoRIAConfig(MethodConfig):
-    "GLoRIA (paper-notes §2.3–2.5), as its official training code computes it."
+    "GLoRIA (references.html#ref-gloria), as its official training code computes it."
     text_last_n_layers: int | None = None # None: GLoRIA's `last_n_layers: 4`, or every layer of a shallower BERT
     text_pooling: str = 'mean'            # report = mean of words (the code also averages the zero pads; we do not)
-    cls_as_word: bool = True              # the training slice [:cap_len] includes [CLS] (paper-notes §2.4)
+    cls_as_word: bool = True              # the training slice [:cap_len] includes [CLS] (references.html#ref-gloria)
     text_projection: bool = False         # GLoRIA has none: the text width must equal embed_dim
     gamma1: float = 4.0                   # γ1, attention sharpness (an inverse temperature in the code)
     gamma2: float = 5.0                   # γ2, word-context aggregation
@@ -98,7 +98,7 @@ class GLoRIAConfig(MethodConfig):
 
 @dataclass
 class ElvisConfig(MethodConfig, ElvisLocalConfig):
-    "ELVIS (paper-notes §1.3–1.5, §6): global InfoNCE + the local loss of `ElvisLocalConfig` (its fields, declared there), LoVT's architecture."
+    "ELVIS (references.html#ref-elvis, references.html#ref-lovt, references.html#choices): global InfoNCE + the local loss of `ElvisLocalConfig` (its fields, declared there), LoVT's architecture."
     text_pooling: str = 'attention'       # LoVT's attention pooling
     freeze_text_layers: int | None = None # LoVT: embeddings + first 6 of 12 layers frozen (pre-trained BERT only)
     tau_g: float = 0.3                    # τ_g per the ELVIS summary (unverified; LoVT/ConVIRT: 0.1)
