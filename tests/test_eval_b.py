@@ -361,5 +361,8 @@ def test_excluded_fit_is_null_in_results_json():
     cell = json.loads(json.dumps(res))['probe']['1.0']
     assert cell['status'] == 'collapsed' and cell['rerun'] and 'constant prediction' in cell['reason']
     assert cell['auroc_mean'] is None and cell['accuracy'] is None and cell['auroc'] is None
-    from elvis_nb.reproduce import flatten_numbers
-    assert not any(k.endswith('auroc_mean') for k in flatten_numbers({'transfer': res}))   # never averaged
+    from elvis_nb.reproduce import flatten_numbers, mean_std
+    flat = {k: v for k, v in flatten_numbers({'transfer': res}).items() if k.endswith('auroc_mean')}
+    assert flat and all(math.isnan(v) for v in flat.values())           # a failed fit reaches the report as NaN ...
+    summary = mean_std([0.7, 0.8, *flat.values()])                       # ... counted as excluded, never averaged
+    assert (summary['n'], summary['excluded']) == (2, 1) and math.isclose(summary['mean'], 0.75)
