@@ -36,3 +36,34 @@ def test_paper_evaluations_on_gpu(method):
     from test_paper_arch import run_paper_evaluations
     p = get_profile('paper', **_overrides())
     run_paper_evaluations(build_method(method, p), p, device='cuda')
+
+
+@pytest.fixture(scope='module')
+def paper_checkpoint(tmp_path_factory):
+    "An ELVIS model pre-trained for one step at the `paper` architecture (stand-in text encoder), saved as a checkpoint."
+    from elvis_nb.runner import run_experiment
+    out = tmp_path_factory.mktemp('paper_pretrain')
+    run_experiment('pretrain', out, profile='paper', method='elvis', device='cuda', max_steps=1, batch_size=8,
+                   options={'profile_overrides': _overrides()})
+    return out / 'model'
+
+
+CHEAP = {  # the experiment notebooks at `paper`, each cut to a few minutes on one GPU by its own parameters
+    'eval_retrieval': dict(n_candidate=20, n_prompts=1),
+    'eval_transfer': dict(fractions=[1.0], modes=['probe'], epochs=1),
+    'eval_segmentation': dict(tasks='pneumothorax', fractions='1.0', modes='frozen', epochs=1, patience=1),
+    'eval_grounding': dict(smooth_sigma=0),
+    'eval_locality': dict(umap=False),
+}
+
+
+@pytest.mark.parametrize('experiment', list(CHEAP))
+def test_paper_evaluation_notebooks_on_gpu(experiment, paper_checkpoint, tmp_path):
+    "Every evaluation notebook runs through papermill at the `paper` profile on a paper-architecture checkpoint, on CUDA."
+    import math
+    from elvis_nb.reproduce import flatten_numbers
+    from elvis_nb.runner import run_experiment
+    res = run_experiment(experiment, tmp_path, profile='paper', method='elvis', checkpoint=str(paper_checkpoint),
+                         device='cuda', **CHEAP[experiment])
+    numbers = flatten_numbers(res)
+    assert numbers and not any(math.isinf(v) for v in numbers.values()), experiment
