@@ -80,6 +80,15 @@ class Explorer:
 
     def make_controls(self) -> list: return []
     def prepare(self, methods: dict) -> dict: raise NotImplementedError
+    def studies_for(self, methods: dict) -> dict:
+        "The inspection studies at the first model's profile; the study slider spans them."
+        studies = inspection_studies(next(iter(methods.values())).profile.name, self.n_studies, self.data_root)
+        self.study.max = len(studies['id']) - 1
+        return studies
+    def encoded(self, methods: dict) -> dict:
+        "The studies and every model's encoding of them (y, z, z_{l|M'}, attention), computed once per load."
+        studies = self.studies_for(methods)
+        return {'studies': studies, 'enc': {n: encode_studies(m, studies) for n, m in methods.items()}}
     def figure(self): raise NotImplementedError
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
@@ -131,10 +140,7 @@ class PatchExplorer(Explorer):
         self.inputs = [self.study, self.row, self.col]
         return [self.study, self.row, self.col]
 
-    def prepare(self, methods):
-        studies = inspection_studies(next(iter(methods.values())).profile.name, self.n_studies, self.data_root)
-        self.study.max = len(studies['id']) - 1
-        return {'studies': studies, 'enc': {n: encode_studies(m, studies) for n, m in methods.items()}}
+    def prepare(self, methods): return self.encoded(methods)
 
     def maps(self) -> dict:
         point = (self.row.value, self.col.value)
@@ -152,10 +158,7 @@ class WordExplorer(Explorer):
         self.inputs = [self.study, self.word, self.span]
         return [self.study, self.word, self.span]
 
-    def prepare(self, methods):
-        studies = inspection_studies(next(iter(methods.values())).profile.name, self.n_studies, self.data_root)
-        self.study.max = len(studies['id']) - 1
-        return {'studies': studies, 'enc': {n: encode_studies(m, studies) for n, m in methods.items()}}
+    def prepare(self, methods): return self.encoded(methods)
 
     def figure(self):
         b, studies = self.study.value, self.state['studies']
@@ -176,10 +179,7 @@ class GroundingExplorer(Explorer):
         self.inputs = [self.study, self.phrase]
         return [self.study, self.phrase]
 
-    def prepare(self, methods):
-        studies = inspection_studies(next(iter(methods.values())).profile.name, self.n_studies, self.data_root)
-        self.study.max = len(studies['id']) - 1
-        return {'studies': studies, 'methods': methods}
+    def prepare(self, methods): return {'studies': self.studies_for(methods), 'methods': methods}
 
     def results(self) -> dict:
         b, s = self.study.value, self.state['studies']
