@@ -145,14 +145,9 @@ SKIP_KEYS = ('wall_seconds', 'seed', 'profile', 'versions', 'cpu_threads', 'step
 
 def flatten_numbers(d: dict, prefix: str = '') -> dict[str, float]:
     "Numeric leaves of a nested dict as {'a.b.c': value}, without bookkeeping keys (`SKIP_KEYS`); `null` (a failed fit) as NaN."
-    out = {}
-    for k, v in d.items():
-        if k in SKIP_KEYS: continue
-        key = f'{prefix}{k}'
-        if isinstance(v, dict): out.update(flatten_numbers(v, key + '.'))
-        elif v is None: out[key] = float('nan')
-        elif isinstance(v, (int, float)) and not isinstance(v, bool): out[key] = float(v)
-    return out
+    from elvis_nb.eval.claims import flatten_results   # the one flattener; its per-item arrays are not table cells
+    return {k: math.nan if v is None else v for k, v in flatten_results(d, prefix, skip=SKIP_KEYS).items()
+            if v is None or isinstance(v, float)}
 
 def mean_std(values: list[float]) -> dict:
     "Mean, sample standard deviation, 95 % t-interval half-width (`ci95`) and count `n` of the finite values; the others `excluded`."
