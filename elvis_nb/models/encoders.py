@@ -20,7 +20,7 @@ from ..core import Profile, cache_dir, repo_root
 from ..losses.ops import mask_fill, masked_softmax
 
 # %% auto #0
-__all__ = ['log', 'RESNET_PRESETS', 'RESNET50_HUB', 'SPECIAL_TOKENS', 'TOKENIZER_CORPUS', 'BERT_PRESETS', 'CLINICALBERT_STANDIN',
+__all__ = ['log', 'RESNET_PRESETS', 'RESNET50_HUB', 'SPECIAL_TOKENS', 'TOKENIZER_CORPUS', 'CLINICALBERT_STANDIN', 'BERT_PRESETS',
            'TEXT_LEVELS', 'TEXT_POOLINGS', 'local_model_dir', 'resolve_local', 'pretrained_weights', 'resnet_backbone',
            'normalise_images', 'ImageFeatures', 'ImageEncoder', 'wordpiece_vocab', 'wordpiece_tokenizer',
            'build_synthcxr_tokenizer', 'synthcxr_tokenizer_dir', 'bert_backbone', 'text_encoder_or_standin',
@@ -156,16 +156,19 @@ def synthcxr_tokenizer_dir() -> Path:
     return build_synthcxr_tokenizer(d)
 
 # %% ../../nbs/30_models.encoders.ipynb #e5925ff3
-BERT_PRESETS: dict[str, dict] = {
+CLINICALBERT_STANDIN = 'clinicalbert-standin'   # random init, BERT-base shape, SynthCXR vocabulary: not ClinicalBERT
+BERT_PRESETS: dict[str, dict] = {   # randomly initialised BERTs over the SynthCXR vocabulary
     'tiny': dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),    # smoke
     'small': dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256),  # quick
+    CLINICALBERT_STANDIN: dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                               intermediate_size=3072),   # paper without ClinicalBERT on disk: BERT-base's shape
 }
 
 def bert_backbone(spec: str) -> tuple[nn.Module, BertTokenizerFast, bool]:
     "(model, tokenizer, pretrained?) for `spec`: a preset over the SynthCXR vocabulary, or a HF name/folder."
     if spec in BERT_PRESETS:
         tok = AutoTokenizer.from_pretrained(synthcxr_tokenizer_dir())
-        log.warning(f"text encoder {spec!r}: RANDOM initialisation (a small BERT over the SynthCXR vocabulary)")
+        log.warning(f"text encoder {spec!r}: RANDOM initialisation (a BERT of that preset's shape over the SynthCXR vocabulary)")
         return BertModel(BertConfig(vocab_size=len(tok), **BERT_PRESETS[spec]), add_pooling_layer=False), tok, False
     local = resolve_local(spec)
     if local is not None:
@@ -183,10 +186,6 @@ def bert_backbone(spec: str) -> tuple[nn.Module, BertTokenizerFast, bool]:
             f"`hf download {spec} --local-dir {local_model_dir(spec)}` or pass its folder.") from e
 
 # %% ../../nbs/30_models.encoders.ipynb #0480cead
-CLINICALBERT_STANDIN = 'clinicalbert-standin'   # random init, BERT-base shape, SynthCXR vocabulary: not ClinicalBERT
-BERT_PRESETS[CLINICALBERT_STANDIN] = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                          intermediate_size=3072)   # BERT-base's (and so ClinicalBERT's) shape
-
 def text_encoder_or_standin(spec: str) -> str:
     "`spec` when it is a preset or on disk, else the ClinicalBERT stand-in (random init, BERT-base shape), with a warning."
     if spec in BERT_PRESETS or resolve_local(spec) is not None: return spec
