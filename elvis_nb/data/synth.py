@@ -17,11 +17,12 @@ from .transforms import make_geometry
 # %% auto #0
 __all__ = ['ZONES', 'KINDS', 'KIND_LABEL', 'MM_PER_UNIT', 'GROUND_GLASS_FIELD', 'DENSITY', 'LOCATION_WORDS', 'SIZE_WORDS',
            'NEGATIONS', 'P_NEGATE', 'NORMAL_IMPRESSIONS', 'FILLER', 'P_TYPO', 'CLASS_KIND', 'MSCXR_CATEGORIES',
-           'SEG_TASKS', 'PRETRAIN_PRIOR', 'DISTRACTORS', 'TASKS', 'RENDER_VERSION', 'MIMIC_SPLIT', 'MSCXR_SPLIT',
-           'study_rng', 'sample_patient', 'lung_point', 'Geometry', 'geometry', 'zone_region', 'Finding',
+           'SEG_TASKS', 'PRETRAIN_PRIOR', 'DISTRACTORS', 'TASKS', 'REPORT_STYLES', 'RENDER_VERSION', 'MIMIC_SPLIT',
+           'MSCXR_SPLIT', 'study_rng', 'sample_patient', 'lung_point', 'Geometry', 'geometry', 'zone_region', 'Finding',
            'sample_finding', 'part_shape', 'mask_box', 'render', 'Sentence', 'write_report', 'aggregate_labels',
-           'Study', 'make_study', 'report_corpus', 'SynthDataset', 'SynthPretrain', 'SynthClassification',
-           'SynthSegmentation', 'SynthGrounding', 'mimic_report', 'export_layouts', 'plot_study', 'plot_gallery']
+           'Study', 'report_writer', 'make_study', 'report_corpus', 'SynthDataset', 'SynthPretrain',
+           'SynthClassification', 'SynthSegmentation', 'SynthGrounding', 'mimic_report', 'export_layouts', 'plot_study',
+           'plot_gallery']
 
 # %% ../../nbs/10_data.synth.ipynb #6bc6b722
 def study_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
@@ -521,8 +522,18 @@ class Study:
         d = self.label_dict
         return np.array([d.get(k, 0) for k in CHEXPERT_LABELS], np.float32)
 
-def make_study(seed: int, split: str, index: int) -> Study:
-    "Sample `index` of `split` ('<task>/<part>') under `seed`: patient, findings and report."
+REPORT_STYLES = ('template', 'indiana')   # write_report above; the Indiana reports' phrasing (chapter 15, `data.reports`)
+
+def report_writer(style: str | None = None):
+    "`(findings, rng) -> (sentences, phrases)` of a report style; None = `$ELVIS_NB_REPORT_STYLE`, else 'template'."
+    style = style or os.environ.get('ELVIS_NB_REPORT_STYLE') or 'template'
+    if style not in REPORT_STYLES: raise ValueError(f"unknown report_style {style!r}: choose one of {REPORT_STYLES}")
+    if style == 'template': return write_report
+    from elvis_nb.data.reports import indiana_writer      # imported here: data.reports builds on this module
+    return indiana_writer()                               # the templates, after one warning, without the material
+
+def make_study(seed: int, split: str, index: int, report_style: str | None = None) -> Study:
+    "Sample `index` of `split` ('<task>/<part>') under `seed`: patient, findings and report (written in `report_style`)."
     task = split.split('/')[0]
     if task not in TASKS: raise ValueError(f"unknown SynthCXR task {task!r} in split {split!r}: choose one of {TASKS}")
     rng = study_rng(seed, split, index)
@@ -532,12 +543,12 @@ def make_study(seed: int, split: str, index: int) -> Study:
         f = sample_finding(kind, rng, p, certainty)
         if category: f.category = category
         findings.append(f)
-    return Study(seed, split, index, p, findings, *write_report(findings, rng))
+    return Study(seed, split, index, p, findings, *report_writer(report_style)(findings, rng))
 
 # %% ../../nbs/10_data.synth.ipynb #fafedffd
-def report_corpus(n: int, seed: int = 0, split: str = 'pretrain/train') -> list[str]:
+def report_corpus(n: int, seed: int = 0, split: str = 'pretrain/train', report_style: str | None = None) -> list[str]:
     "The texts (FINDINGS + IMPRESSION) of the first `n` studies of `split`: no rendering, about 2 ms a report."
-    return [make_study(seed, split, i).text for i in range(n)]
+    return [make_study(seed, split, i, report_style).text for i in range(n)]
 
 # %% ../../nbs/10_data.synth.ipynb #675a57c8
 RENDER_VERSION = 2   # bump whenever rendered pixels change: cached renders live under v<RENDER_VERSION>/ (2: GROUND_GLASS_FIELD)
