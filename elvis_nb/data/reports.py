@@ -17,9 +17,10 @@ from .synth import KINDS, LOCATION_WORDS, SIZE_WORDS, Finding, Sentence, _pick, 
 # %% auto #0
 __all__ = ['TXRV_VERSION', 'TXRV_SHA256', 'REPORTS_MEMBER', 'CC_BY_NC_ND', 'LUNG_KINDS', 'PARENCHYMA', 'TERMS', 'TERM_RE',
            'NEG_PRE', 'NEG_POST', 'UNCERTAIN', 'PSEUDO', 'SCOPE_END', 'NORMAL', 'HEART_NORMAL', 'REUSABLE', 'MODIFIERS',
-           'FRAME_WORDS', 'PHRASEBOOK_VERSION', 'fetch_indiana', 'Report', 'read_reports', 'write_indiana_tgz',
-           'split_sentences', 'Mention', 'Labelled', 'mentions', 'classify', 'words', 'reusable', 'frame',
-           'learn_phrasebook', 'phrasebook', 'finding_phrase', 'indiana_report', 'indiana_writer', 'indiana_corpus']
+           'FRAME_WORDS', 'PHRASEBOOK_VERSION', 'TOPICS', 'KIND_TOPIC', 'fetch_indiana', 'Report', 'read_reports',
+           'write_indiana_tgz', 'split_sentences', 'Mention', 'Labelled', 'mentions', 'classify', 'words', 'reusable',
+           'frame', 'learn_phrasebook', 'phrasebook', 'finding_phrase', 'topic', 'indiana_report', 'indiana_writer',
+           'indiana_corpus']
 
 # %% ../../nbs/15_data.reports.ipynb #rep005
 TXRV_VERSION = '1.5.7'
@@ -179,7 +180,7 @@ focal consolidation consolidations airspace air alveolar disease process acute a
 abnormalities findings finding evidence structures osseous bony skeletal thorax trachea midline intact seen visualized identified
 visible edema congestion infiltrate infiltrates opacity opacities nodules nodule masses mass pneumonia adenopathy atelectasis
 cardiomegaly bilaterally both grossly expanded well-expanded inflated normally well-aerated aerated well-inflated radiographic
-definite suspicious specifically any enlarged configuration demonstrated show shows reveal reveals demonstrate demonstrates soft
+definite suspicious any enlarged configuration demonstrated show shows reveal reveals demonstrate demonstrates soft
 tissues chest areas parenchyma discrete'''.split())
 MODIFIERS = frozenset('''a an the small large moderate moderate-sized mild minimal tiny trace left right bilateral bibasilar basilar base
 lower upper mid middle lobe lung lingular focal patchy streaky linear subsegmental plate-like platelike discoid airspace air space
@@ -259,7 +260,7 @@ def finding_phrase(f: Finding, rng, short: bool = False) -> tuple[str, str]:
     loc, both = _loc(f, rng), s == 'bilateral'
     if f.kind == 'consolidation':
         head = 'pneumonia' if f.category == 'Pneumonia' else pick(('consolidation', 'airspace consolidation'))
-        return (f'{loc} {head}' if short else f'{sw}{head} in the {loc}'), 'mass'
+        return (f'{loc} {head}' if short else f'{sw}{head} in the {loc}'), 'a' if head == 'pneumonia' else 'mass'
     if f.kind == 'ground_glass':
         return ('bilateral peripheral ground-glass opacities' if short else
                 pick((f'{sw}bilateral peripheral ground-glass opacities in the mid and lower zones',
@@ -303,6 +304,14 @@ def _said(f: Finding, section: str, rng, book: dict, n: int) -> Sentence:
     text = _fill(frames, phrase, number, rng)
     return Sentence(text, section, n, _sentence_labels([f.kind], f.certainty, text))
 
+TOPICS = (r'heart|cardi|mediastin|aort', r'lung|airspace|consolidat|pneumonia|opacit|nodul|atelecta|edema|vascul|hil|infiltrat',
+          r'pleura|effusion|pneumothora|costophrenic', r'osseous|bony|bone|skeletal|spine|soft tissue|trachea')  # a report's usual order
+KIND_TOPIC = {k: 0 if k == 'cardiomegaly' else 2 if k in ('effusion', 'pneumothorax') else 1 for k in KINDS}
+
+def topic(text: str) -> int | None:
+    "Index of the first of TOPICS (heart, lungs, pleura, bones) that `text` is about; None for none."
+    return next((k for k, rx in enumerate(TOPICS) if re.search(rx, text.lower())), None)
+
 def indiana_report(findings: list, rng, book: dict | None = None) -> tuple[list, list]:
     "(sentences, clean phrase per finding) of a report on `findings` in the Indiana reports' phrasing (`write_report`'s contract)."
     book = book if book is not None else phrasebook()
@@ -311,9 +320,11 @@ def indiana_report(findings: list, rng, book: dict | None = None) -> tuple[list,
     donor = book['donors'][rng.integers(len(book['donors']))]
     body = fits(donor['findings'], 'findings')
     said = [_said(f, 'findings', rng, book, n) for n, f in enumerate(findings)]
-    for s in said: body.insert(int(rng.integers(len(body) + 1)), s)
+    for f, s in zip(findings, said):          # after the donor's statements on the same or an earlier topic
+        body.insert(max([i + 1 for i, b in enumerate(body) if b.finding is None and (topic(b.text) or 1) <= KIND_TOPIC[f.kind]], default=0), s)
     imp = [_said(f, 'impression', rng, book, n) for n, f in enumerate(findings)] + fits(donor['impression'], 'impression')
-    if not imp: imp = fits([book['normal_impressions'][rng.integers(len(book['normal_impressions']))]], 'impression')
+    if not imp and book['normal_impressions']:
+        imp = fits([book['normal_impressions'][rng.integers(len(book['normal_impressions']))]], 'impression')
     if len(imp) > 1 and rng.random() < book['numbered']:
         for k, s in enumerate(imp, 1): s.text = f'{k}. {s.text[0].upper()}{s.text[1:]}'
     return body + imp, [s.text for s in said]
