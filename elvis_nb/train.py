@@ -22,6 +22,7 @@ from .data.transforms import collate
 from .distributed import (init_distributed, cleanup_distributed, convert_batchnorm, get_rank, get_world_size,
                                   is_main_process, is_distributed, all_reduce_mean)
 from .checkpoint import save_checkpoint, load_checkpoint
+from .losses.ops import cosine_matrix
 
 # %% auto #0
 __all__ = ['GLORIA_AUGMENT', 'PRESETS', 'preset_for', 'TrainConfig', 'resolve_config', 'preflight', 'pretrain_datasets',
@@ -257,11 +258,11 @@ def pair_similarity(method: nn.Module, ds: Dataset, batch_size: int = 32, device
     was_training = method.training; method.eval()
     imgs, txts = [], []
     for batch in DataLoader(ds, batch_size, collate_fn=collate, generator=torch.Generator().manual_seed(0)):
-        imgs.append(nn.functional.normalize(method.encode_image(batch['image'].to(device)).global_emb.float(), dim=-1))
+        imgs.append(method.encode_image(batch['image'].to(device)).global_emb.float())
         tokens = {k: v.to(device) for k, v in method.tokenize(list(batch['text'])).items()}
-        txts.append(nn.functional.normalize(method.encode_text(tokens).global_emb.float(), dim=-1))
+        txts.append(method.encode_text(tokens).global_emb.float())
     method.train(was_training)
-    sim = torch.cat(imgs) @ torch.cat(txts).T                   # [M, M]: image i vs report j
+    sim = cosine_matrix(torch.cat(imgs), torch.cat(txts))       # [M, M]: image i vs report j
     eye = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
     return {'matched': sim[eye].mean().item(), 'unmatched': sim[~eye].mean().item(),
             'i2t_top1': (sim.argmax(1) == torch.arange(len(sim), device=sim.device)).float().mean().item(), 'n_pairs': len(sim)}
