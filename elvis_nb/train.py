@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import get_profile, seed_everything, resolve_device, Profile
@@ -21,12 +22,14 @@ from .data.transforms import collate
 from .distributed import (init_distributed, cleanup_distributed, convert_batchnorm, get_rank, get_world_size,
                                   is_main_process, is_distributed, all_reduce_mean)
 from .checkpoint import save_checkpoint, load_checkpoint
+from .losses.ops import cosine_matrix
 
 # %% auto #0
 __all__ = ['GLORIA_AUGMENT', 'PRESETS', 'preset_for', 'TrainConfig', 'resolve_config', 'preflight', 'pretrain_datasets',
            'heldout_dataset', 'epoch_indices', 'build_optimizer', 'build_scheduler', 'MetricsLog', 'NonFiniteLossError',
-           'check_finite', 'prepare_batch', 'forward_loss', 'validation_loss', 'pair_similarity', 'TrainResult',
-           'train', 'card_facts', 'config_from_args', 'main']
+           'check_finite', 'prepare_batch', 'forward_loss', 'validation_loss', 'pair_similarity', 'TrainResult', 'Run',
+           'place_method', 'setup_run', 'resume_run', 'StepMeter', 'epoch_batches', 'micro_step', 'optimisation_step',
+           'validate', 'finish_run', 'train', 'card_facts', 'config_from_args', 'main']
 
 # %% ../nbs/40_train.ipynb #37f6ba27
 GLORIA_AUGMENT = AugmentConfig(crop_scale=((224 / 256) ** 2,) * 2, crop_ratio=(1, 1), rotate_deg=0, translate=0,
@@ -255,11 +258,11 @@ def pair_similarity(method: nn.Module, ds: Dataset, batch_size: int = 32, device
     was_training = method.training; method.eval()
     imgs, txts = [], []
     for batch in DataLoader(ds, batch_size, collate_fn=collate, generator=torch.Generator().manual_seed(0)):
-        imgs.append(nn.functional.normalize(method.encode_image(batch['image'].to(device)).global_emb.float(), dim=-1))
+        imgs.append(method.encode_image(batch['image'].to(device)).global_emb.float())
         tokens = {k: v.to(device) for k, v in method.tokenize(list(batch['text'])).items()}
-        txts.append(nn.functional.normalize(method.encode_text(tokens).global_emb.float(), dim=-1))
+        txts.append(method.encode_text(tokens).global_emb.float())
     method.train(was_training)
-    sim = torch.cat(imgs) @ torch.cat(txts).T                   # [M, M]: image i vs report j
+    sim = cosine_matrix(torch.cat(imgs), torch.cat(txts))       # [M, M]: image i vs report j
     eye = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
     return {'matched': sim[eye].mean().item(), 'unmatched': sim[~eye].mean().item(),
             'i2t_top1': (sim.argmax(1) == torch.arange(len(sim), device=sim.device)).float().mean().item(), 'n_pairs': len(sim)}
@@ -288,142 +291,238 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB → MiB (process peak RSS)
 
-# %% ../nbs/40_train.ipynb #ff544a1a
-def train(cfg: TrainConfig, method: nn.Module | None = None, datasets: tuple[Dataset, Dataset] | None = None) -> TrainResult:
-    "Pre-train `cfg.method` (or the given `method`) on SynthCXR or `cfg.data_root`; resumable, single process or torchrun."
+# %% ../nbs/40_train.ipynb #b00c0001
+@dataclass
+class Run:
+    "What a training run carries from step to step: the parts built once, the counters, and the files it writes."
+    cfg: TrainConfig                 # resolved: no field left None
+    profile: Profile
+    device: torch.device
+    method: nn.Module                # the method itself: its weights are what is saved
+    model: nn.Module                 # what the forward calls: `method`, or its DDP wrapper under several ranks
+    train_ds: Dataset
+    val_ds: Dataset
+    opt: torch.optim.Optimizer
+    sched: object                    # `build_scheduler`'s result (None for 'none')
+    scaler: torch.amp.GradScaler     # scales the loss under fp16; a pass-through otherwise
+    steps_per_epoch: int             # optimiser steps per epoch (over all ranks)
+    total_steps: int                 # optimiser steps of the whole run
+    step: int = 0                    # optimiser steps taken so far
+    state: dict = field(default_factory=lambda: {'best_val': {}, 'last_val': {}, 'bad_validations': 0, 'stopped': ''})  # saved in every checkpoint
+    on_disk: dict = field(default_factory=lambda: {'last_step': None, 'validated': False})  # what last.safetensors holds
+    log: MetricsLog | None = None    # opened by `resume_run` (it keeps the rows up to the resumed step)
+
+    @property
+    def main(self) -> bool: return is_main_process()
+    @property
+    def out(self) -> Path: return Path(self.cfg.out_dir)
+    @property
+    def last(self) -> Path: return self.out / 'checkpoints' / 'last.safetensors'
+    @property
+    def best(self) -> Path: return self.out / 'checkpoints' / 'best.safetensors'
+    @property
+    def cfg_dict(self) -> dict: return json.loads(json.dumps(asdict(self.cfg), default=str))  # the config as JSON values
+
+# %% ../nbs/40_train.ipynb #b00c0002
+@patch
+def kept(self: Run) -> str:
+    "What a stopped run leaves on disk, in words; the best checkpoint is called good only after a finite validation."
+    good = (f"the best checkpoint, validation loss {self.state['best_val']['loss']:.4g}, is {self.best}"
+            if self.state['best_val'] and self.best.exists() else "no checkpoint has a finite validation loss yet")
+    last = self.on_disk['last_step']
+    return good + (f"; {self.last} holds step {last}, {'validated' if self.on_disk['validated'] else 'not validated'}"
+                   if last is not None else '')
+
+@patch
+def checkpoint(self: Run, path: Path) -> None:
+    "Rank 0 writes weights, optimiser, schedule, scaler, RNG, step and `state` to `path`; every rank waits for it."
+    if self.main: save_checkpoint(path, self.method, self.opt, self.sched, self.scaler, step=self.step, config=self.cfg_dict, extra=self.state)
+    if is_distributed(): torch.distributed.barrier()   # no rank races ahead of a half-written file
+
+@patch
+def save_last(self: Run, validated: bool) -> None:
+    "Write `last.safetensors` and remember whether the state it holds was validated."
+    self.checkpoint(self.last); self.on_disk.update(last_step=self.step, validated=validated)
+
+@patch
+def validation_due(self: Run) -> bool:
+    "Validate now: every `val_every` steps (or at each epoch's end when it is None), and always at the last step."
+    end_of_epoch = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
+    every = self.cfg.val_every
+    return bool((every and self.step % every == 0) or (not every and end_of_epoch) or self.step == self.total_steps)
+
+# %% ../nbs/40_train.ipynb #b00c0004
+def place_method(method: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    "(`method` on `device` in train mode, the module to call): itself on one rank; with sync batch norm in DDP on several."
+    method.to(device).train()
+    if get_world_size() == 1: return method, method
+    method = convert_batchnorm(method)                  # BN statistics over the global batch
+    return method, DistributedDataParallel(method, device_ids=[device.index] if device.type == 'cuda' else None)
+
+def setup_run(cfg: TrainConfig, method: nn.Module | None = None, datasets: tuple[Dataset, Dataset] | None = None) -> Run:
+    "A fresh `Run` of `cfg`: config resolved and checked, process group joined, method, data, optimiser, schedule, scaler."
     cfg = resolve_config(cfg)
     preflight(cfg)
     torchrun = int(os.environ.get('WORLD_SIZE', '1')) > 1 or is_distributed()
     device = init_distributed(cfg.device) if torchrun else resolve_device(cfg.device)
-    profile, main, world = get_profile(cfg.profile, **cfg.profile_overrides), is_main_process(), get_world_size()
+    profile = get_profile(cfg.profile, **cfg.profile_overrides)
     seed_everything(cfg.seed)                                       # same initial weights on every rank
     if method is None:
         from elvis_nb.models.methods import build_method
         method = build_method(cfg.method, profile, **cfg.method_options)
     train_ds, val_ds = datasets or pretrain_datasets(cfg, profile)
-    method.to(device).train()
-    model = method
-    if world > 1:
-        method = convert_batchnorm(method)                  # BN statistics over the global batch
-        model = DistributedDataParallel(method, device_ids=[device.index] if device.type == 'cuda' else None)
+    method, model = place_method(method, device)
     torch.manual_seed(cfg.seed * 7919 + get_rank())                 # dropout: a different stream per rank
-
-    B, accum = cfg.batch_size, cfg.grad_accum
-    steps_per_epoch = len(epoch_indices(len(train_ds), 0, cfg.seed)) // (B * accum)
-    if steps_per_epoch == 0: raise ValueError(f"{len(train_ds)} training pairs over {world} rank(s) give no full step of "
-                                              f"{B}×{accum} pairs: lower batch_size or grad_accum")
+    pairs = cfg.batch_size * cfg.grad_accum
+    steps_per_epoch = len(epoch_indices(len(train_ds), 0, cfg.seed)) // pairs
+    if steps_per_epoch == 0: raise ValueError(f"{len(train_ds)} training pairs over {get_world_size()} rank(s) give no full step of "
+                                              f"{cfg.batch_size}×{cfg.grad_accum} pairs: lower batch_size or grad_accum")
     total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
     opt = build_optimizer(method, cfg)
-    sched = build_scheduler(opt, cfg, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == 'fp16')
+    return Run(cfg, profile, device, method, model, train_ds, val_ds, opt, build_scheduler(opt, cfg, total_steps),
+               torch.amp.GradScaler(device.type, enabled=cfg.precision == 'fp16'), steps_per_epoch, total_steps)
 
-    out = Path(cfg.out_dir); ckpt_dir = out / 'checkpoints'
-    last, best = ckpt_dir / 'last.safetensors', ckpt_dir / 'best.safetensors'
-    cfg_dict = json.loads(json.dumps(asdict(cfg), default=str))
-    state = {'best_val': {}, 'last_val': {}, 'bad_validations': 0, 'stopped': ''}
-    step = 0
-    if cfg.resume and last.exists():
-        info = load_checkpoint(last, method, opt, sched, scaler, map_location=device)
-        step, state = info['step'], {**state, **info['extra']}
-        if world > 1: torch.manual_seed(cfg.seed * 7919 + get_rank() + 104_729 * step)  # the checkpoint holds rank 0's RNG
-    if step == 0 and main: best.unlink(missing_ok=True)              # a fresh run: no stale best from an older one
-    log = MetricsLog(out / 'metrics.csv', resume_step=step if step else -1, enabled=main)
-    on_disk = {'last_step': step if last.exists() else None, 'validated': False}   # what last.safetensors holds
+# %% ../nbs/40_train.ipynb #b00c0007
+def resume_run(run: Run) -> None:
+    "Continue `run` from `last.safetensors` when `cfg.resume` and it exists; open the metrics log at that step."
+    if run.cfg.resume and run.last.exists():
+        info = load_checkpoint(run.last, run.method, run.opt, run.sched, run.scaler, map_location=run.device)
+        run.step, run.state = info['step'], {**run.state, **info['extra']}
+        if get_world_size() > 1: torch.manual_seed(run.cfg.seed * 7919 + get_rank() + 104_729 * run.step)  # the checkpoint holds rank 0's RNG
+    if run.step == 0 and run.main: run.best.unlink(missing_ok=True)       # a fresh run: no stale best from an older one
+    run.log = MetricsLog(run.out / 'metrics.csv', resume_step=run.step if run.step else -1, enabled=run.main)
+    run.on_disk = {'last_step': run.step if run.last.exists() else None, 'validated': False}
 
-    def kept() -> str:  # what a stopped run leaves, in words; "good" only for a finite validation
-        good = (f"the best checkpoint, validation loss {state['best_val']['loss']:.4g}, is {best}" if state['best_val'] and best.exists()
-                else "no checkpoint has a finite validation loss yet")
-        return good + (f"; {last} holds step {on_disk['last_step']}, {'validated' if on_disk['validated'] else 'not validated'}"
-                       if on_disk['last_step'] is not None else '')
+# %% ../nbs/40_train.ipynb #b00c0009
+@dataclass
+class StepMeter:
+    "Loss sums and timings since the last metrics row, and the run's totals (for `TrainResult`'s throughput)."
+    sums: dict = field(default_factory=dict)   # each loss, component and diagnostic: sum of per-step means
+    n: int = 0                                 # optimiser steps in the window
+    pairs: int = 0                             # pairs seen in the window, over all ranks
+    data_s: float = 0.0                        # seconds of the window spent preparing data
+    t0: float = field(default_factory=time.perf_counter)
+    totals: dict = field(default_factory=lambda: {'pairs': 0, 'data_s': 0.0, 'wall_s': 0.0})
 
-    def checkpoint(path):  # rank 0 writes; every rank waits so no one races ahead of a half-written file
-        if main: save_checkpoint(path, method, opt, sched, scaler, step=step, config=cfg_dict, extra=state)
-        if is_distributed(): torch.distributed.barrier()
+    def add(self, out, accum: int) -> None:
+        "Add one micro-batch's `LossOutput`, weighted 1/`accum` so that a step adds the mean over its micro-batches."
+        for name, v in {'loss': out.loss, **out.components}.items(): self.sums[name] = self.sums.get(name, 0.0) + float(v.detach()) / accum
+        for name, v in out.diagnostics.items(): self.sums[name] = self.sums.get(name, 0.0) + float(v) / accum
 
-    def save_last(validated: bool):
-        checkpoint(last); on_disk.update(last_step=step, validated=validated)
+    def step_done(self, pairs: int, data_s: float) -> None:
+        "Count one optimiser step of `pairs` pairs that spent `data_s` seconds on data."
+        self.n += 1; self.pairs += pairs; self.data_s += data_s
 
-    def validate(epoch):
-        val = validation_loss(method, val_ds, cfg, device)
-        log.log({'step': step, 'epoch': epoch, 'split': 'val', **val})
-        if not math.isfinite(val['loss']):                 # never exported, never "best", never written
-            raise NonFiniteLossError(f"non-finite validation loss at step {step}: {val['loss']}; training stopped, "
-                                     f"nothing exported; {kept()}")
-        if cfg.scheduler == 'plateau': sched.step(val['loss'])
-        state['last_val'] = val
-        if not state['best_val'] or val['loss'] < state['best_val']['loss']:
-            state['best_val'], state['bad_validations'] = val, 0
-            checkpoint(best)
-        else: state['bad_validations'] += 1
-        if state['bad_validations'] >= cfg.early_stop_patience: state['stopped'] = 'early_stop'
-        save_last(validated=True)
+    def row(self, device: torch.device, lr: float) -> dict:
+        "The window's means (over ranks), `lr`, throughput and data share; the window then joins the totals and restarts."
+        wall = time.perf_counter() - self.t0
+        means = all_reduce_mean({k: v / self.n for k, v in self.sums.items()}, device)
+        row = {**means, 'lr': lr, 'pairs_per_s': self.pairs / wall, 'data_share': self.data_s / wall}
+        self.totals = {'pairs': self.totals['pairs'] + self.pairs, 'data_s': self.totals['data_s'] + self.data_s,
+                       'wall_s': self.totals['wall_s'] + wall}
+        self.sums, self.n, self.pairs, self.data_s, self.t0 = {}, 0, 0, 0.0, time.perf_counter()
+        return row
 
-    if step == 0 and cfg.val_at_start:
-        state['initial_val'] = validation_loss(method, val_ds, cfg, device)
-        log.log({'step': 0, 'epoch': 0, 'split': 'val', **state['initial_val']})
-    bar = tqdm(total=total_steps, initial=step, desc=f'{cfg.method}/{cfg.profile}', disable=not (main and cfg.progress))
-    window = {'sums': {}, 'n': 0, 'pairs': 0, 'data_s': 0.0, 't0': time.perf_counter()}
-    totals = {'pairs': 0, 'data_s': 0.0, 'wall_s': 0.0}
-    try:
-        while step < total_steps and not state['stopped']:
-            epoch, done = divmod(step, steps_per_epoch)
-            indices = epoch_indices(len(train_ds), epoch, cfg.seed)[done * B * accum: steps_per_epoch * B * accum]
-            loader = DataLoader(train_ds, B, sampler=indices, collate_fn=collate, drop_last=True, num_workers=cfg.num_workers,
-                                generator=torch.Generator().manual_seed(cfg.seed), pin_memory=device.type == 'cuda')
-            batches = iter(loader)
-            for _ in range(len(indices) // (B * accum)):
-                data_s = 0.0
-                opt.zero_grad(set_to_none=True)
-                for k in range(accum):
-                    t_data = time.perf_counter()
-                    micro = step * accum + k
-                    images, tokens = prepare_batch(method, next(batches), device, cfg.augment, _micro_generator(cfg.seed, micro))
-                    data_s += time.perf_counter() - t_data
-                    sync = k == accum - 1 or world == 1
-                    with (nullcontext() if sync else model.no_sync()):
-                        outp = forward_loss(model, images, tokens, device, cfg.precision)
-                        check_finite(outp.loss, outp.components, step + 1, kept())
-                        scaler.scale(outp.loss / accum).backward()
-                    for name, v in {'loss': outp.loss, **outp.components}.items():
-                        window['sums'][name] = window['sums'].get(name, 0.0) + float(v.detach()) / accum
-                    for name, v in outp.diagnostics.items():
-                        window['sums'][name] = window['sums'].get(name, 0.0) + float(v) / accum
-                scaler.unscale_(opt)
-                if cfg.clip_grad: torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.clip_grad)
-                scaler.step(opt); scaler.update()
-                if cfg.scheduler == 'cosine': sched.step()
-                step += 1; bar.update(1)
-                window['n'] += 1; window['pairs'] += B * accum * world; window['data_s'] += data_s
-                if step % cfg.log_every == 0 or step == total_steps:
-                    wall = time.perf_counter() - window['t0']
-                    means = all_reduce_mean({k: v / window['n'] for k, v in window['sums'].items()}, device)
-                    log.log({'step': step, 'epoch': epoch, 'split': 'train', **means, 'lr': opt.param_groups[0]['lr'],
-                             'pairs_per_s': window['pairs'] / wall, 'data_share': window['data_s'] / wall})
-                    bar.set_postfix(loss=f"{means['loss']:.4f}")
-                    totals['pairs'] += window['pairs']; totals['data_s'] += window['data_s']; totals['wall_s'] += wall
-                    window = {'sums': {}, 'n': 0, 'pairs': 0, 'data_s': 0.0, 't0': time.perf_counter()}
-                end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-                if (cfg.val_every and step % cfg.val_every == 0) or (not cfg.val_every and end_of_epoch) or step == total_steps:
-                    validate(epoch)
-                elif step % cfg.checkpoint_every == 0: save_last(validated=False)
-                if step >= total_steps or state['stopped']: break
-        if not state['stopped']: state['stopped'] = 'max_steps' if cfg.max_steps and step >= cfg.max_steps else 'epochs'
-        if not state['last_val']: validate(max(0, (step - 1) // steps_per_epoch))
-        checkpoint(last)
-    finally:
-        bar.close(); log.close()
+    def share(self, key: str) -> float:
+        "`totals[key]` per second of logged wall time (0 before the first row)."
+        return self.totals[key] / self.totals['wall_s'] if self.totals['wall_s'] else 0.0
 
-    if best.exists(): load_checkpoint(best, method, restore_rng=False, map_location=device)  # final model: best validation
-    paths = {'model': str(out / 'model'), 'last': str(last), 'best': str(best), 'metrics': str(out / 'metrics.csv')}
-    result = TrainResult(method, cfg_dict, step, state['stopped'], state.get('initial_val', {}), state['best_val'], state['last_val'], log.rows,
-                         totals['pairs'] / totals['wall_s'] if totals['wall_s'] else 0.0,
-                         totals['data_s'] / totals['wall_s'] if totals['wall_s'] else 0.0, paths)
-    if main:
-        method.save_pretrained(out / 'model', card=card_facts(result, profile))
+# %% ../nbs/40_train.ipynb #b00c000b
+def epoch_batches(run: Run) -> tuple[int, object, int]:
+    "(epoch, iterator over its remaining micro-batches, optimiser steps they make): a resume starts mid-epoch where it left."
+    B, accum = run.cfg.batch_size, run.cfg.grad_accum
+    epoch, done = divmod(run.step, run.steps_per_epoch)
+    indices = epoch_indices(len(run.train_ds), epoch, run.cfg.seed)[done * B * accum: run.steps_per_epoch * B * accum]
+    loader = DataLoader(run.train_ds, B, sampler=indices, collate_fn=collate, drop_last=True, num_workers=run.cfg.num_workers,
+                        generator=torch.Generator().manual_seed(run.cfg.seed), pin_memory=run.device.type == 'cuda')
+    return epoch, iter(loader), len(indices) // (B * accum)
+
+def micro_step(run: Run, batch: dict, k: int) -> tuple[object, float]:
+    "Micro-batch `k` of the current step: augment, forward, check finiteness, backward of loss/`grad_accum`. (`LossOutput`, data seconds)."
+    t_data, accum = time.perf_counter(), run.cfg.grad_accum
+    images, tokens = prepare_batch(run.method, batch, run.device, run.cfg.augment, _micro_generator(run.cfg.seed, run.step * accum + k))
+    data_s = time.perf_counter() - t_data
+    sync = k == accum - 1 or get_world_size() == 1              # DDP all-reduces gradients on the last micro-batch only
+    with (nullcontext() if sync else run.model.no_sync()):
+        out = forward_loss(run.model, images, tokens, run.device, run.cfg.precision)
+        check_finite(out.loss, out.components, run.step + 1, run.kept())
+        run.scaler.scale(out.loss / accum).backward()
+    return out, data_s
+
+def optimisation_step(run: Run, batches, meter: StepMeter) -> None:
+    "One optimiser step over `grad_accum` micro-batches from `batches`: backward each, then unscale, clip, step; `run.step` += 1."
+    cfg, data_s = run.cfg, 0.0
+    run.opt.zero_grad(set_to_none=True)
+    for k in range(cfg.grad_accum):
+        out, seconds = micro_step(run, next(batches), k)
+        meter.add(out, cfg.grad_accum); data_s += seconds
+    run.scaler.unscale_(run.opt)
+    if cfg.clip_grad: torch.nn.utils.clip_grad_norm_(run.method.parameters(), cfg.clip_grad)
+    run.scaler.step(run.opt); run.scaler.update()
+    if cfg.scheduler == 'cosine': run.sched.step()
+    run.step += 1
+    meter.step_done(cfg.batch_size * cfg.grad_accum * get_world_size(), data_s)
+
+# %% ../nbs/40_train.ipynb #b00c000e
+def validate(run: Run, epoch: int) -> None:
+    "Validation loss logged; plateau schedule; `best` checkpoint on improvement; early-stopping count; `last` checkpoint."
+    val = validation_loss(run.method, run.val_ds, run.cfg, run.device)
+    run.log.log({'step': run.step, 'epoch': epoch, 'split': 'val', **val})
+    if not math.isfinite(val['loss']):                 # never exported, never "best", never written
+        raise NonFiniteLossError(f"non-finite validation loss at step {run.step}: {val['loss']}; training stopped, "
+                                 f"nothing exported; {run.kept()}")
+    if run.cfg.scheduler == 'plateau': run.sched.step(val['loss'])
+    state = run.state
+    state['last_val'] = val
+    if not state['best_val'] or val['loss'] < state['best_val']['loss']:
+        state['best_val'], state['bad_validations'] = val, 0
+        run.checkpoint(run.best)
+    else: state['bad_validations'] += 1
+    if state['bad_validations'] >= run.cfg.early_stop_patience: state['stopped'] = 'early_stop'
+    run.save_last(validated=True)
+
+# %% ../nbs/40_train.ipynb #b00c0011
+def finish_run(run: Run, meter: StepMeter) -> TrainResult:
+    "The `TrainResult` of a finished `run`, with the best weights loaded; rank 0 saves the model folder and the summary."
+    if run.best.exists(): load_checkpoint(run.best, run.method, restore_rng=False, map_location=run.device)
+    paths = {'model': str(run.out / 'model'), 'last': str(run.last), 'best': str(run.best), 'metrics': str(run.out / 'metrics.csv')}
+    s = run.state
+    result = TrainResult(run.method, run.cfg_dict, run.step, s['stopped'], s.get('initial_val', {}), s['best_val'], s['last_val'],
+                         run.log.rows, meter.share('pairs'), meter.share('data_s'), paths)
+    if run.main:
+        run.method.save_pretrained(run.out / 'model', card=card_facts(result, run.profile))
         summary = {k: v for k, v in asdict(replace(result, method=None, history=[])).items() if k not in ('method', 'history')}
-        (out / 'train_summary.json').write_text(json.dumps({**summary, 'peak_memory_mb': _peak_memory_mb(device)}, indent=1, default=str))
+        (run.out / 'train_summary.json').write_text(json.dumps({**summary, 'peak_memory_mb': _peak_memory_mb(run.device)}, indent=1, default=str))
     if is_distributed(): torch.distributed.barrier()
     return result
+
+# %% ../nbs/40_train.ipynb #ff544a1a
+def train(cfg: TrainConfig, method: nn.Module | None = None, datasets: tuple[Dataset, Dataset] | None = None) -> TrainResult:
+    "Pre-train `cfg.method` (or the given `method`) on SynthCXR or `cfg.data_root`; resumable, single process or torchrun."
+    run = setup_run(cfg, method, datasets)
+    resume_run(run)
+    cfg, meter = run.cfg, StepMeter()
+    if run.step == 0 and cfg.val_at_start:
+        run.state['initial_val'] = validation_loss(run.method, run.val_ds, cfg, run.device)
+        run.log.log({'step': 0, 'epoch': 0, 'split': 'val', **run.state['initial_val']})
+    bar = tqdm(total=run.total_steps, initial=run.step, desc=f'{cfg.method}/{cfg.profile}', disable=not (run.main and cfg.progress))
+    try:
+        while run.step < run.total_steps and not run.state['stopped']:
+            epoch, batches, n_steps = epoch_batches(run)
+            for _ in range(n_steps):
+                optimisation_step(run, batches, meter); bar.update(1)
+                if run.step % cfg.log_every == 0 or run.step == run.total_steps:
+                    row = meter.row(run.device, lr=run.opt.param_groups[0]['lr'])
+                    run.log.log({'step': run.step, 'epoch': epoch, 'split': 'train', **row}); bar.set_postfix(loss=f"{row['loss']:.4f}")
+                if run.validation_due(): validate(run, epoch)
+                elif run.step % cfg.checkpoint_every == 0: run.save_last(validated=False)
+                if run.step >= run.total_steps or run.state['stopped']: break
+        if not run.state['stopped']: run.state['stopped'] = 'max_steps' if cfg.max_steps and run.step >= cfg.max_steps else 'epochs'
+        if not run.state['last_val']: validate(run, max(0, (run.step - 1) // run.steps_per_epoch))
+        run.checkpoint(run.last)
+    finally:
+        bar.close(); run.log.close()
+    return finish_run(run, meter)
 
 # %% ../nbs/40_train.ipynb #266d38e6
 def card_facts(result: TrainResult, profile: Profile) -> dict:

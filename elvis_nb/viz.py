@@ -10,8 +10,9 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['STYLES', 'TITLE_SIZE', 'MapStyle', 'map_style', 'to_numpy', 'show_map', 'add_colorbar', 'draw_boxes',
-           'plot_grounding', 'plot_word_attention']
+__all__ = ['STYLES', 'TITLE_SIZE', 'TRUTH_COLOR', 'PREDICTION_COLOR', 'MapStyle', 'map_style', 'to_numpy', 'show_map',
+           'add_colorbar', 'draw_boxes', 'draw_outline', 'truth_prediction_legend', 'category_color',
+           'plot_similarity_matrices', 'plot_grounding', 'plot_word_attention']
 
 # %% ../nbs/02_viz.ipynb #df10138c
 @dataclass(frozen=True)
@@ -27,8 +28,10 @@ STYLES = {
     'similarity': MapStyle('RdBu_r', -1.0, 1.0, 'cosine similarity'),   # a cosine: red alike, blue opposite
     'attention': MapStyle('inferno', 0.0, None, 'attention weight'),    # non-negative weights, scale from 0
     'difference': MapStyle('PuOr_r', -1.0, 1.0, 'difference'),          # signed changes, centred on 0
+    'rate': MapStyle('Blues', 0.0, 1.0, 'share'),                       # shares in [0, 1] (confusion-matrix rows)
 }
 TITLE_SIZE = 10  # points: readable under a 3-panel figure at 10 in wide
+TRUTH_COLOR, PREDICTION_COLOR = 'lime', 'red'   # ground truth (boxes, mask outlines) and a model's prediction
 
 def map_style(kind: str) -> MapStyle:
     "The style of maps of `kind` (one of STYLES), with a clear error for any other."
@@ -62,10 +65,39 @@ def add_colorbar(fig, im, ax, kind: str, label: str | None = None):
     "The colour bar of a map of `kind`, labelled; `ax` may be one Axes or a list."
     return fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label or map_style(kind).label)
 
-def draw_boxes(ax, boxes, color: str = 'lime'):
+def draw_boxes(ax, boxes, color: str = TRUTH_COLOR):
     "Outline [K, 4] boxes (x1, y1, x2, y2, in pixels) on `ax`."
     for x1, y1, x2, y2 in to_numpy(boxes).reshape(-1, 4).tolist():
         ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=color, lw=1.5))
+
+# %% ../nbs/02_viz.ipynb #b00c0112
+def draw_outline(ax, mask, color: str = TRUTH_COLOR):
+    "Outline where the [H, W] `mask` exceeds 0.5 on `ax`; nothing for an empty mask."
+    mask = to_numpy(mask)
+    if (mask > 0.5).any(): ax.contour(mask, levels=[0.5], colors=color, linewidths=1)
+
+def truth_prediction_legend(fig, truth: str = 'ground truth', prediction: str = 'prediction'):
+    "A legend under the figure naming the truth's and the prediction's outline colours."
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], color=TRUTH_COLOR, label=truth), Line2D([], [], color=PREDICTION_COLOR, label=prediction)]
+    return fig.legend(handles=handles, loc='lower center', ncol=2, fontsize=TITLE_SIZE - 1, frameon=False)
+
+def category_color(i: int):
+    "The colour of category `i` (a zone, a finding, a similarity kind): `tab10`, the same in every figure."
+    return plt.cm.tab10(int(i) % 10)
+
+# %% ../nbs/02_viz.ipynb #b00c0102
+def plot_similarity_matrices(mats: list,              # K matrices [N, M] of cosines, drawn left to right
+                             titles: list[str],       # one title per matrix
+                             xlabel: str = '', ylabel: str = ''):
+    "Similarity matrices side by side on the similarity scale [−1, 1], with one colour bar; returns the Figure."
+    if len(titles) != len(mats): raise ValueError(f"{len(mats)} matrices but {len(titles)} titles: give one title per matrix")
+    fig, axes = plt.subplots(1, len(mats), figsize=(4.3 * len(mats), 3.8), squeeze=False)
+    for ax, m, title in zip(axes[0], mats, titles):
+        im = show_map(ax, m, 'similarity', title)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+    add_colorbar(fig, im, axes[0].tolist(), 'similarity')
+    return fig
 
 # %% ../nbs/02_viz.ipynb #e431459a
 def plot_grounding(image,            # [H, W] radiograph in [0, 1] (NaN allowed outside the view)

@@ -4,18 +4,16 @@
 
 # %% ../../nbs/13_data.augment.ipynb #e731e4e0
 from __future__ import annotations
-import math, re, textwrap
+import math, re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import matplotlib.pyplot as plt
 
 from .transforms import split_sentences
 
 # %% auto #0
-__all__ = ['AugmentConfig', 'crop_affine_matrices', 'gaussian_blur', 'swap_laterality', 'augment_text', 'augment_batch',
-           'plot_augmentations']
+__all__ = ['AugmentConfig', 'crop_affine_matrices', 'gaussian_blur', 'swap_laterality', 'augment_text', 'augment_batch']
 
 # %% ../../nbs/13_data.augment.ipynb #1599afc0
 @dataclass
@@ -112,15 +110,3 @@ def augment_batch(images: torch.Tensor, texts: list[str], cfg: AugmentConfig, g:
     mean = x.mean((1, 2, 3), keepdim=True)
     x = (mean + contr.to(x)[:, None, None, None] * (x - mean)).clamp(0, 1)      # contrast
     return (gaussian_blur(x, sigma.to(x)) if sigma is not None else x), texts
-
-# %% ../../nbs/13_data.augment.ipynb #a9688269
-def plot_augmentations(images: torch.Tensor, texts: list[str], ncols: int = 4):
-    "Grid of augmented images (gray, fixed [0, 1] range) titled with their (wrapped) reports; returns the Figure."
-    n = len(images); nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.3 * nrows), squeeze=False)
-    for ax in axes.flat: ax.axis('off')
-    for ax, img, t in zip(axes.flat, images, texts):
-        ax.imshow(img[0].detach().cpu(), cmap='gray', vmin=0, vmax=1)
-        ax.set_title('\n'.join(textwrap.wrap(t, 30)[:3]), fontsize=8)
-    fig.tight_layout()
-    return fig

@@ -143,12 +143,15 @@ def region_features(method, dataset: SynthDataset, n_images: int = 8, device: st
 
 def umap_2d(x: torch.Tensor, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:   # [P, D] → [P, 2]
     "Seeded 2-D UMAP of L2-normalised rows with the cosine metric."
-    import umap
-    return umap.UMAP(n_neighbors=n_neighbors, min_dist=0.1, metric='cosine', random_state=seed).fit_transform(F.normalize(x, dim=-1).numpy())
+    import umap, warnings
+    with warnings.catch_warnings():   # "n_jobs overridden by setting random_state": seeded UMAP is single-threaded, as intended
+        warnings.filterwarnings('ignore', message='n_jobs value', category=UserWarning)
+        return umap.UMAP(n_neighbors=n_neighbors, min_dist=0.1, metric='cosine', random_state=seed).fit_transform(F.normalize(x, dim=-1).numpy())
 
 def plot_locality_umap(features: dict[str, dict[str, torch.Tensor]], seed: int = 0):
     "Rows = methods; columns = y_l and z_l coloured by zone, then y_l and z_l coloured by finding. Returns the Figure."
     import matplotlib.pyplot as plt
+    from elvis_nb.viz import TITLE_SIZE, category_color
     fig, axes = plt.subplots(len(features), 4, figsize=(16, 3.8 * len(features)), squeeze=False)
     for row, (name, f) in zip(axes, features.items()):
         emb = {v: umap_2d(f[v], seed) for v in ('y', 'z')}
@@ -156,8 +159,8 @@ def plot_locality_umap(features: dict[str, dict[str, torch.Tensor]], seed: int =
                                             ('y', 'finding', FINDING_NAMES), ('z', 'finding', FINDING_NAMES)]):
             lab = f[by].numpy()
             for c in np.unique(lab):
-                ax.scatter(*emb[v][lab == c].T, s=6, label=names[c], color=plt.cm.tab10(c % 10))
-            ax.set_title(f"{name}: {'y_l (encoder)' if v == 'y' else 'z_l (projection)'} by {by}", fontsize=9)
+                ax.scatter(*emb[v][lab == c].T, s=6, label=names[c], color=category_color(c))
+            ax.set_title(f"{name}: {'y_l (encoder)' if v == 'y' else 'z_l (projection)'} by {by}", fontsize=TITLE_SIZE)
             ax.set_xticks([]); ax.set_yticks([])
         row[1].legend(fontsize=7, markerscale=2, loc='center left', bbox_to_anchor=(1, 0.5))
         row[3].legend(fontsize=7, markerscale=2, loc='center left', bbox_to_anchor=(1, 0.5))

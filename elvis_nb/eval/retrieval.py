@@ -315,23 +315,27 @@ def precision_curve(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tenso
 def plot_precision_curves(curves: dict, base_rate: float | None = None, title: str = 'retrieval'):
     "Plot {label: Prec@K curve [N]} against K; an optional dashed line at the random-ranking base rate."
     import matplotlib.pyplot as plt
+    from elvis_nb.viz import TITLE_SIZE, category_color
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for lab, c in curves.items(): ax.plot(np.arange(1, len(c) + 1), np.asarray(c), label=lab)
+    for j, (lab, c) in enumerate(curves.items()): ax.plot(np.arange(1, len(c) + 1), np.asarray(c), label=lab, color=category_color(j))
     if base_rate is not None: ax.axhline(base_rate, ls='--', c='gray', label='random ranking')
-    ax.set(xlabel='K', ylabel='Prec@K', ylim=(0, 1.02), title=title); ax.legend(fontsize=8)
+    ax.set(xlabel='K', ylabel='Prec@K', ylim=(0, 1.02)); ax.set_title(title, fontsize=TITLE_SIZE); ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 # %% ../../nbs/50_eval.retrieval.ipynb #57dcff23
 def plot_retrieval_results(res: dict, title: str = 'retrieval'):
-    "Bars of Prec@K per similarity kind, one panel per direction, from an `evaluate_retrieval` result."
+    "Bars of Prec@K per similarity kind (one colour per kind), one panel per direction, from an `evaluate_retrieval` result."
     import matplotlib.pyplot as plt
+    from elvis_nb.viz import TITLE_SIZE, category_color
     dirs = [d for d in ('image->image', 'text->image', 'image->text') if d in res]
-    fig, axes = plt.subplots(1, max(1, len(dirs)), figsize=(3.6 * max(1, len(dirs)), 3), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(dirs)), figsize=(3.6 * max(1, len(dirs)) + 1.2, 3), squeeze=False)
     for ax, d in zip(axes[0], dirs):
         kinds = list(res[d]); ks = [k for k in res[d][kinds[0]] if k.startswith('prec@')]
         for j, kind in enumerate(kinds):
-            ax.bar(np.arange(len(ks)) + 0.8 * j / len(kinds), [res[d][kind][k] for k in ks], 0.8 / len(kinds), label=kind)
-        ax.set(xticks=np.arange(len(ks)) + 0.4 - 0.4 / len(kinds), ylim=(0, 1), title=d); ax.set_xticklabels(ks)
-    axes[0][0].set_ylabel('Prec@K'); axes[0][0].legend(fontsize=7); fig.suptitle(title); fig.tight_layout()
+            ax.bar(np.arange(len(ks)) + 0.8 * j / len(kinds), [res[d][kind][k] for k in ks], 0.8 / len(kinds), label=kind, color=category_color(j))
+        ax.set(xticks=np.arange(len(ks)) + 0.4 - 0.4 / len(kinds), ylim=(0, 1)); ax.set_xticklabels([k.replace('prec@', 'Prec@') for k in ks])
+        ax.set_title(d.replace('->', ' → '), fontsize=TITLE_SIZE)
+    axes[0][0].set_ylabel('Prec@K'); axes[0][-1].legend(fontsize=8, loc='center left', bbox_to_anchor=(1.02, 0.5), title='similarity')
+    fig.suptitle(title, fontsize=TITLE_SIZE + 1); fig.tight_layout()
     return fig

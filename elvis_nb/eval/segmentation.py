@@ -278,17 +278,17 @@ SEGMENTATION_PROFILES = {  # profile → eval_segmentation defaults: modes, frac
 # %% ../../nbs/53_eval.segmentation.ipynb #0e81cfab
 @torch.no_grad()
 def plot_segmentation(net: nn.Module, dataset: Dataset, n: int = 4, threshold: float = 0.5, device: str | torch.device = 'cpu'):
-    "For the first `n` items: the radiograph with the true mask's outline (green) and the prediction (red). Returns the Figure."
+    "For the first `n` items: the radiograph with the true mask's outline and the predicted one (the kit's colours). Returns the Figure."
     import matplotlib.pyplot as plt
+    from elvis_nb.viz import PREDICTION_COLOR, TRUTH_COLOR, draw_outline, show_map, truth_prediction_legend
     net.eval()
     batch = collate([dataset[i] for i in range(min(n, len(dataset)))])
-    probs = torch.sigmoid(net(batch['image'].to(device))).cpu()
+    probs = torch.sigmoid(net(batch['image'].to(device))).cpu()   # [n, 1, H, W]
     dice = dice_per_image(probs, batch['mask'], threshold)
-    fig, axes = plt.subplots(1, len(dice), figsize=(3 * len(dice), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(dice), figsize=(3 * len(dice), 3.5), squeeze=False)
     for ax, img, gt, p, d in zip(axes[0], batch['image'], batch['mask'], probs, dice):
-        ax.imshow(img[0], cmap='gray', vmin=0, vmax=1)
-        if gt.any(): ax.contour(gt[0], levels=[0.5], colors='lime', linewidths=1)
-        if (p > threshold).any(): ax.contour((p[0] > threshold).float(), levels=[0.5], colors='red', linewidths=1)
-        ax.set_title(f'Dice {d:.2f}', fontsize=9); ax.axis('off')
-    fig.tight_layout()
+        show_map(ax, img[0], 'radiograph', f'Dice {d:.2f}')
+        draw_outline(ax, gt[0], TRUTH_COLOR); draw_outline(ax, (p[0] > threshold).float(), PREDICTION_COLOR)
+    truth_prediction_legend(fig, 'true mask', f'prediction (p > {threshold:g})')
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig

@@ -147,14 +147,16 @@ def evaluate_zero_shot(method, dataset, classes=CHEXPERT_5, templates: dict = PR
 
 # %% ../../nbs/51_eval.zeroshot.ipynb #d3ed3c9b
 def plot_confusion(confusion, classes, title: str = 'zero-shot'):
-    "Row-normalised confusion matrix (true × predicted), fixed colour range [0, 1] with a colorbar."
+    "Row-normalised confusion matrix (true × predicted) on the fixed `rate` scale [0, 1] with its colour bar; returns the Figure."
     import matplotlib.pyplot as plt
+    from elvis_nb.viz import add_colorbar, show_map
     cm = torch.as_tensor(confusion).float()
-    cm = (cm / cm.sum(1, keepdim=True).clamp(min=1)).numpy()
+    cm = cm / cm.sum(1, keepdim=True).clamp(min=1)          # [C, C]: row c = how the images of class c were labelled
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    im = ax.imshow(cm, vmin=0, vmax=1, cmap='viridis'); fig.colorbar(im, ax=ax)
-    ax.set(xticks=range(n), yticks=range(n), xlabel='predicted', ylabel='true', title=title)
-    ax.set_xticklabels(classes, rotation=45, ha='right', fontsize=7); ax.set_yticklabels(classes, fontsize=7)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    im = show_map(ax, cm, 'rate', title)
+    add_colorbar(fig, im, ax, 'rate', 'share of the true class')
+    ax.set(xticks=range(n), yticks=range(n), xlabel='predicted', ylabel='true')
+    ax.set_xticklabels(classes, rotation=45, ha='right', fontsize=8); ax.set_yticklabels(classes, fontsize=8)
     fig.tight_layout()
     return fig

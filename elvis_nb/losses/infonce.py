@@ -6,12 +6,11 @@
 from __future__ import annotations
 import torch
 import torch.nn.functional as F
-import matplotlib.pyplot as plt
 
 from .ops import cosine_matrix
 
 # %% auto #0
-__all__ = ['cosine_logits', 'bidirectional_ce', 'infonce_directions', 'infonce', 'plot_similarity']
+__all__ = ['cosine_logits', 'bidirectional_ce', 'infonce_directions', 'infonce']
 
 # %% ../../nbs/20_losses.infonce.ipynb #8d2e8cf8
 def cosine_logits(img_emb: torch.Tensor,  # [N, D] image embeddings v
@@ -52,18 +51,3 @@ def infonce(img_emb: torch.Tensor,  # [N, D] image embeddings v
     if not 0 <= lambda_i2t <= 1: raise ValueError(f"lambda_i2t must lie in [0, 1]; got {lambda_i2t}")
     l_i2t, l_t2i = infonce_directions(img_emb, txt_emb, tau)
     return lambda_i2t * l_i2t + (1 - lambda_i2t) * l_t2i
-
-# %% ../../nbs/20_losses.infonce.ipynb #f5bd80e1
-def plot_similarity(img_emb: torch.Tensor,  # [N, D] image embeddings
-                    txt_emb: torch.Tensor,  # [N, D] text embeddings
-                    title: str = 'cosine similarity',
-                   ) -> plt.Figure:
-    "Heat map of ⟨v_i, u_k⟩ (rows images, columns texts) in the kit's similarity style (fixed scale [−1, 1])."
-    from elvis_nb.viz import add_colorbar, show_map
-    sim = cosine_logits(img_emb.detach().float(), txt_emb.detach().float(), tau=1.0)
-    fig, ax = plt.subplots(figsize=(4, 3.4))
-    im = show_map(ax, sim, 'similarity', title)
-    ax.set(xlabel='text k', ylabel='image i')
-    add_colorbar(fig, im, ax, 'similarity')
-    fig.tight_layout()
-    return fig

@@ -5,15 +5,13 @@
 # %% ../../nbs/31_models.heads.ipynb #6a55c09c
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 from ..losses.cross_attention import MaskedBatchNorm1d
-from ..losses.ops import cosine_matrix
 
 # %% auto #0
-__all__ = ['HEAD_KINDS', 'MLPHead', 'LinearHead', 'IdentityHead', 'ProjectionHeads', 'plot_similarity_before_after']
+__all__ = ['HEAD_KINDS', 'MLPHead', 'LinearHead', 'IdentityHead', 'ProjectionHeads']
 
 # %% ../../nbs/31_models.heads.ipynb #1c5f2857
 class MLPHead(nn.Module):
@@ -87,15 +85,3 @@ class ProjectionHeads(nn.Module):
         "(z^T_l [B, T, D] zero at padding, z^T_g [B, D]) from (y^T_l [B, T, d_y], mask [B, T], y^T_g [B, d_y])."
         local_head = self.text_global if self.kind == 'convirt' else self.text_local
         return local_head(local_feats, mask), self.text_global(global_feats)
-
-# %% ../../nbs/31_models.heads.ipynb #b165b965
-def plot_similarity_before_after(y: torch.Tensor, z: torch.Tensor, order: torch.Tensor | None = None,
-                                 titles: tuple[str, str] = ('cos(y_i, y_j): before projection', 'cos(z_i, z_j): after projection')):
-    "Side by side: the cosine matrices of one sample's local features y [N, d_y] and embeddings z [N, D]; returns the Figure."
-    from elvis_nb.viz import add_colorbar, show_map
-    idx = torch.arange(len(y)) if order is None else torch.argsort(order, stable=True)
-    mats = [cosine_matrix(a[None].float(), a[None].float())[0][idx][:, idx] for a in (y, z)]
-    fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.8))
-    for ax, m, title in zip(axes, mats, titles): im = show_map(ax, m, 'similarity', title)
-    add_colorbar(fig, im, axes.tolist(), 'similarity')
-    return fig

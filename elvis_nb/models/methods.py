@@ -24,7 +24,7 @@ from ..losses.gloria import gloria_global_loss, gloria_local_loss
 from ..losses.infonce import infonce
 from ..losses.ops import cosine_matrix
 from .encoders import ImageEncoder, TextEncoder, bert_backbone, resnet_backbone
-from .heads import ProjectionHeads, plot_similarity_before_after
+from .heads import ProjectionHeads
 
 # %% auto #0
 __all__ = ['METHODS', 'CHECKPOINT_FORMAT', 'PROFILE_MODEL_FIELDS', 'CHECKPOINT_FIELDS', 'ImageOutput', 'TextOutput', 'LossOutput',
