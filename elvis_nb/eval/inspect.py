@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 import matplotlib.pyplot as plt
-from matplotlib.patches import Rectangle
 
 from ..core import cache_dir
+from ..viz import TITLE_SIZE, add_colorbar, category_color, draw_boxes, show_map
 from ..data.transforms import map_to_original
 from ..losses.infonce import cosine_logits, infonce
 from ..losses.targets import cosine_matrix, intra_modal_targets, masked_log_softmax, target_diagonal_mass
@@ -147,17 +147,17 @@ def plot_targets(td: dict, grid: tuple[int, int] | None, index: int, logits: dic
     for a, key, name in ((ax[0], 'q', 'target q_i·'), (ax[1], 'p', 'source p_i·')):
         v = td[key].detach().cpu()
         if grid is not None:
-            im = a.imshow(v.reshape(grid), cmap='viridis', vmin=0, vmax=vmax)
-            a.plot(index % grid[1], index // grid[1], 'r+', ms=12, mew=2); a.set_xticks([]); a.set_yticks([])
+            im = show_map(a, v.reshape(grid), 'attention', vmin=0, vmax=vmax)
+            a.plot(index % grid[1], index // grid[1], 'c+', ms=12, mew=2)
         else:
             n = len(labels); a.bar(range(n), v[:n].numpy(), color=['crimson' if k == index else 'C0' for k in range(n)])
             a.set_ylim(0, vmax * 1.05); a.set_xticks(range(n)); a.set_xticklabels(labels, rotation=90, fontsize=6)
-        a.set_title(name, fontsize=9)
-    if grid is not None: fig.colorbar(im, ax=ax[1], fraction=0.046)
-    im = ax[2].imshow(logits['logits'].detach().cpu(), cmap='RdBu_r')
-    B = len(logits['logits'])
-    fig.colorbar(im, ax=ax[2], fraction=0.046); ax[2].set(xlabel='report k', ylabel='image i', xticks=range(B), yticks=range(B))
-    ax[2].set_title(f"InfoNCE logits (loss {logits['loss']:.2f})", fontsize=9)
+        a.set_title(name, fontsize=TITLE_SIZE - 1)
+    if grid is not None: add_colorbar(fig, im, ax[1], 'attention', 'probability')
+    s = logits['logits'].detach().cpu(); B, top = len(s), float(s.abs().max())
+    im = show_map(ax[2], s, 'similarity', vmin=-top, vmax=top)                  # logits s/τ: symmetric scale around 0
+    add_colorbar(fig, im, ax[2], 'similarity', 'logit s/τ'); ax[2].set(xlabel='report k', ylabel='image i', xticks=range(B), yticks=range(B))
+    ax[2].set_title(f"InfoNCE logits (loss {logits['loss']:.2f})", fontsize=TITLE_SIZE - 1)
     fig.suptitle(title or f"H(q,p) = {td['cross_entropy']:.3f}   H(q) = {td['entropy']:.2f}   q_ii = {td['self_mass']:.2f}   "
                  f"diagonal mass = {td['diag_mass']:.2f}", fontsize=9)
     fig.subplots_adjust(left=.04, right=.96, bottom=.2, top=.82, wspace=.35)   # fixed: tight_layout would draw twice per move
@@ -181,22 +181,19 @@ def region_similarity_maps(enc: dict, sample: int, point: tuple[float, float]) -
 # %% ../../nbs/58_eval.inspect.ipynb #d605ba6c
 SPACE_TITLES = {'y': 'y_l (encoder)', 'z': 'z_l (projection)', 'z_cross': "z_l|M' (cross-attention)"}
 
-def _show_image(ax, image, extent=None):
-    ax.imshow(torch.as_tensor(image).squeeze().cpu(), cmap='gray', vmin=0, vmax=1, extent=extent); ax.set_xticks([]); ax.set_yticks([])
-
 def plot_region_similarity(image: torch.Tensor, maps: dict[str, dict]):
     "Rows: models; columns: the image with the chosen region, then its cosine map in y, z, z_{l|M'} (fixed scale −1…1)."
     fig, axes = plt.subplots(len(maps), 4, figsize=(11, 2.7 * len(maps)), squeeze=False, dpi=72)
     for row, (name, m) in zip(axes, maps.items()):
         (h, w), (r, c) = m['grid'], divmod(m['region'], m['grid'][1]); ext = (0, w, h, 0)
-        _show_image(row[0], image, ext); row[0].add_patch(Rectangle((c, r), 1, 1, fill=False, ec='red', lw=2))
-        row[0].set_title(f'{name}: region ({r}, {c}) of {h}×{w}', fontsize=9)
+        show_map(row[0], torch.as_tensor(image).squeeze(), 'radiograph', f'{name}: region ({r}, {c}) of {h}×{w}').set_extent(ext)
+        draw_boxes(row[0], [[c, r, c + 1, r + 1]], color='cyan')
         for ax, k in zip(row[1:], ('y', 'z', 'z_cross')):
             ax.set_xticks([]); ax.set_yticks([])
             if m[k] is None: ax.text(.5, .5, 'no cross-attention', ha='center', va='center', transform=ax.transAxes); continue
-            im = ax.imshow(m[k].cpu(), cmap='RdBu_r', vmin=-1, vmax=1, extent=ext)
-            ax.plot(c + .5, r + .5, 'k+', ms=10, mew=2); ax.set_title(SPACE_TITLES[k], fontsize=9)
-    fig.colorbar(im, ax=axes[:, 1:].ravel().tolist(), shrink=.8, label='cosine')
+            im = show_map(ax, m[k], 'similarity', SPACE_TITLES[k])                    # fixed scale −1…1
+            ax.plot(c, r, 'k+', ms=10, mew=2)
+    add_colorbar(fig, im, axes[:, 1:].ravel().tolist(), 'similarity')
     return fig
 
 # %% ../../nbs/58_eval.inspect.ipynb #b78478f7
@@ -214,10 +211,6 @@ def word_attention_map(enc: dict, sample: int, words: list[int]) -> torch.Tensor
     return (a * a.numel()).reshape(enc['grid'])
 
 # %% ../../nbs/58_eval.inspect.ipynb #c53cbfba
-def _boxes(ax, boxes, scale=1.0):
-    for x1, y1, x2, y2 in torch.as_tensor(boxes).reshape(-1, 4).tolist():
-        ax.add_patch(Rectangle((x1 * scale, y1 * scale), (x2 - x1) * scale, (y2 - y1) * scale, fill=False, ec='lime', lw=1.5))
-
 def plot_word_attention_maps(image: torch.Tensor, maps: dict[str, torch.Tensor | None], boxes: torch.Tensor,
                              label: str, vmax: float = 3.0):
     "One panel per model: its attention map for `label` over the image (fixed scale 0…vmax), with the ground-truth boxes."
@@ -225,12 +218,13 @@ def plot_word_attention_maps(image: torch.Tensor, maps: dict[str, torch.Tensor |
     fig, axes = plt.subplots(1, len(maps), figsize=(3.3 * len(maps) + 1, 3.2), squeeze=False, dpi=72)
     im = None
     for ax, (name, m) in zip(axes[0], maps.items()):
-        _show_image(ax, image); _boxes(ax, boxes); ax.set_title(name, fontsize=9)
-        if m is None: ax.text(S / 2, S / 2, 'no word–region\nattention', ha='center', va='center', color='w'); continue
-        up = F.interpolate(m[None, None].float(), size=(S, S), mode='bilinear', align_corners=False)[0, 0]
-        im = ax.imshow(up.cpu(), cmap='jet', alpha=.45, vmin=0, vmax=vmax)
-    if im is not None: fig.colorbar(im, ax=axes[0].tolist(), shrink=.8, label='N_I × attention (1 = uniform)')
-    fig.suptitle(f'attention of "{label}"', fontsize=10)
+        if m is None:
+            show_map(ax, image.squeeze(), 'radiograph', name)
+            ax.text(S / 2, S / 2, 'no word–region\nattention', ha='center', va='center', color='w')
+        else: im = show_map(ax, m, 'attention', name, 0.0, vmax, image=image.squeeze())   # the grid stretched over the image
+        draw_boxes(ax, boxes)
+    if im is not None: add_colorbar(fig, im, axes[0].tolist(), 'attention', 'N_I × attention (1 = uniform)')
+    fig.suptitle(f'attention of "{label}"', fontsize=TITLE_SIZE)
     return fig
 
 # %% ../../nbs/58_eval.inspect.ipynb #3d074793
@@ -252,12 +246,11 @@ def plot_phrase_grounding(image: torch.Tensor, results: dict[str, dict], boxes: 
     "One panel per model: the phrase's similarity map over the image with the boxes, CNR and peak-in-box in the title."
     fig, axes = plt.subplots(1, len(results), figsize=(3.3 * len(results) + 1, 3.3), squeeze=False, dpi=72)
     for ax, (name, r) in zip(axes[0], results.items()):
-        _show_image(ax, image); _boxes(ax, boxes)
-        im = ax.imshow(r['map'].cpu(), cmap='jet', alpha=.45, vmin=vmin, vmax=vmax)
-        ax.set_title(f"{name}\nCNR {r['cnr']:.2f} · peak in box: {'yes' if r['peak_in_box'] else 'no'} "
-                     f"(chance {r['chance']:.3f})", fontsize=8)
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=.8, label='cosine similarity')
-    fig.suptitle(f'"{phrase}"', fontsize=10)
+        im = show_map(ax, r['map'], 'similarity', f"{name}\nCNR {r['cnr']:.2f} · peak in box: {'yes' if r['peak_in_box'] else 'no'} "
+                      f"(chance {r['chance']:.3f})", vmin, vmax, image=image.squeeze())
+        draw_boxes(ax, boxes)
+    add_colorbar(fig, im, axes[0].tolist(), 'similarity')
+    fig.suptitle(f'"{phrase}"', fontsize=TITLE_SIZE)
     return fig
 
 # %% ../../nbs/58_eval.inspect.ipynb #d8ef170e
@@ -290,13 +283,13 @@ def plot_umap_point(emb: dict, space: str, colour_by: str, point: int, image: to
     names = ZONE_NAMES if colour_by == 'zone' else FINDING_NAMES
     xy, lab = emb[space], emb[colour_by]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4), dpi=72, gridspec_kw={'width_ratios': [1.4, 1]})
-    for c in np.unique(lab): ax[0].scatter(*xy[lab == c].T, s=6, color=plt.cm.tab10(int(c) % 10), label=names[int(c)])
+    for c in np.unique(lab): ax[0].scatter(*xy[lab == c].T, s=6, color=category_color(c), label=names[int(c)])
     ax[0].scatter(*xy[point], s=160, facecolors='none', edgecolors='k', lw=2)
     ax[0].legend(fontsize=7, markerscale=2, loc='center left', bbox_to_anchor=(1, .5)); ax[0].set_xticks([]); ax[0].set_yticks([])
     ax[0].set_title(title or f"{SPACE_TITLES[space]} by {colour_by}", fontsize=9)
     n = grid[0] * grid[1]; S = image.shape[-1]
     x1, y1, x2, y2 = region_box(point % n, grid, S)
-    _show_image(ax[1], image); ax[1].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec='red', lw=2))
+    show_map(ax[1], image.squeeze(), 'radiograph'); draw_boxes(ax[1], [[x1, y1, x2, y2]], color='cyan')
     ax[1].set_title(f"point {point}: image {point // n}, region {point % n} · {ZONE_NAMES[int(emb['zone'][point])]}, "
                     f"{FINDING_NAMES[int(emb['finding'][point])]}", fontsize=8)
     fig.subplots_adjust(left=.02, right=.98, bottom=.03, top=.9, wspace=.45)
