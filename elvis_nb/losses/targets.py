@@ -19,13 +19,16 @@ __all__ = ['masked_mean', 'intra_modal_targets', 'target_entropy', 'target_diago
 # %% ../../nbs/22_losses.targets.ipynb #4a4a85ef
 def masked_mean(values: torch.Tensor,  # [B, N] one number per local element
                 mask: torch.Tensor | None = None,  # [B, N] bool, True = real element
+                weights: torch.Tensor | None = None,  # [B, N] ≥ 0 per-element weights w_bi (None: uniform)
                ) -> torch.Tensor:  # scalar
-    "Mean over each sample's valid elements, then over the samples that have any."
-    if mask is None: return values.mean()
-    m = mask.to(values.dtype)
-    n = m.sum(-1)                                                  # [B] N_b
-    per_sample = (values * m).sum(-1) / n.clamp_min(1)             # [B]
-    has_any = (n > 0).to(values.dtype)
+    "(Weighted) mean over each sample's valid elements, then over the samples that have any."
+    if mask is None and weights is None: return values.mean()
+    m = torch.ones_like(values) if mask is None else mask.to(values.dtype)
+    if weights is not None: m = m * weights.to(values.dtype)       # [B, N] w_bi on valid elements, 0 elsewhere
+    n = m.sum(-1)                                                  # [B] N_b (or Σ_i w_bi)
+    has_any = n > 0
+    per_sample = (values * m).sum(-1) / torch.where(has_any, n, 1)  # [B]
+    has_any = has_any.to(values.dtype)
     return (per_sample * has_any).sum() / has_any.sum().clamp_min(1)
 
 # %% ../../nbs/22_losses.targets.ipynb #1e467237
