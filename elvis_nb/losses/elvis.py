@@ -28,7 +28,7 @@ def onehot_targets(batch: int,  # B
     t = torch.eye(n, device=device).expand(batch, n, n)
     return t * mask[:, :, None] if mask is not None else t
 
-# %% ../../nbs/24_losses.elvis.ipynb #319bcba5
+# %% ../../nbs/24_losses.elvis.ipynb #2873e9a3
 def spatial_targets(grid: tuple[int, int],  # (h, w) region grid, N = h·w
                     radius: float,  # r, in grid cells: every region within it is a positive
                     smoothing: float = 1.,  # λ: weights exp(-λ d / √(h²+w²)) (LoVT: 1); 0 = flat weights
