@@ -15,8 +15,7 @@ from .targets import intra_modal_targets, target_entropy, target_diagonal_mass
 
 # %% auto #0
 __all__ = ['ELVIS_TARGETS', 'TARGET_SOURCES', 'ELEMENT_WEIGHTS', 'onehot_targets', 'spatial_targets', 'local_contrastive_loss',
-           'ElvisLocalConfig', 'LocalLossOutput', 'local_target', 'modality_local_loss', 'elvis_local_loss',
-           'plot_target_and_source']
+           'ElvisLocalConfig', 'LocalLossOutput', 'local_target', 'modality_local_loss', 'elvis_local_loss']
 
 # %% ../../nbs/24_losses.elvis.ipynb #3ab91b69
 def onehot_targets(batch: int,  # B
@@ -154,15 +153,3 @@ def elvis_local_loss(image_feats: torch.Tensor,  # [B, N_I, D_y] image local fea
     return LocalLossOutput(cfg.weight_image * l_img + cfg.weight_text * l_txt,
                            {'local_image': l_img, 'local_text': l_txt},
                            {**{f'{k}_image': v for k, v in d_img.items()}, **{f'{k}_text': v for k, v in d_txt.items()}})
-
-# %% ../../nbs/24_losses.elvis.ipynb #8a45bf61
-def plot_target_and_source(target: torch.Tensor,  # [N] t_i· of one element (q or one-hot)
-                           source: torch.Tensor,  # [N] p^src_i· of the same element
-                           grid: tuple[int, int],  # (h, w), h·w = N
-                           region: int,  # the element i (raster index), marked with a cross
-                           onehot: bool = True,  # also show the one-hot target for comparison
-                          ):  # matplotlib Figure
-    "The target and source distributions of one region on the region grid, one shared colour scale."
-    maps = ([torch.eye(len(target))[region]] if onehot else []) + [target, source]
-    titles = (['one-hot target (LoVT/MGCA)'] if onehot else []) + ['ELVIS target q_i·', 'source p^src_i·']
-    return plot_region_maps(maps, grid, titles, vmax=float(max(target.max(), source.max())), mark=region)
