@@ -104,7 +104,7 @@ def plot_word_attention(attn,                    # [T, R] attention of T words o
     add_colorbar(fig, im, list(axes[0]), 'attention', 'attention × R (1 = uniform)' if relative else None)
     return fig
 
-# %% ../nbs/02_viz.ipynb #333b6baa
+# %% ../nbs/02_viz.ipynb #024435e9
 def plot_region_maps(maps,                            # list of [h·w] (or [h, w]) values on the region grid
                      grid: tuple[int, int],           # (h, w)
                      titles: list[str] | None = None,
