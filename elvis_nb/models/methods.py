@@ -24,7 +24,7 @@ from ..losses.elvis import ElvisLocalConfig, elvis_local_loss
 from ..losses.gloria import gloria_global_loss, gloria_local_loss
 from ..losses.infonce import infonce
 from ..losses.ops import cosine_matrix, masked_softmax
-from .encoders import ImageEncoder, TextEncoder, bert_backbone, resnet_backbone
+from .encoders import TEXT_LEVELS, TEXT_POOLINGS, ImageEncoder, TextEncoder, bert_backbone, resnet_backbone
 from .heads import ProjectionHeads, plot_similarity_before_after
 
 # %% auto #0
@@ -74,6 +74,11 @@ class MethodConfig:
     freeze_text_layers: int | None = 0    # freeze embeddings + first k BERT layers; None: half the layers if pre-trained, else 0
     cls_as_word: bool = False             # count [CLS] as word 0 (GLoRIA's training code)
 
+    def __post_init__(self):
+        for field_, choices in (('text_level', TEXT_LEVELS), ('text_pooling', TEXT_POOLINGS)):
+            if getattr(self, field_) not in choices:
+                raise ValueError(f"{type(self).__name__}.{field_} must be one of {choices}, got {getattr(self, field_)!r}")
+
 @dataclass
 class ConVIRTConfig(MethodConfig):
     "ConVIRT (references.html#ref-convirt): global InfoNCE only."
@@ -108,9 +113,11 @@ class ElvisConfig(MethodConfig, ElvisLocalConfig):
     attention_norm: str | None = 'batch'  # BatchNorm on the cross-attention output (LoVT)
 
     def __post_init__(self):
-        ElvisLocalConfig.__post_init__(self)
+        MethodConfig.__post_init__(self); ElvisLocalConfig.__post_init__(self)
         if self.attention not in ('lovt', 'gloria'):
             raise ValueError(f"ElvisConfig.attention must be one of ('lovt', 'gloria'), got {self.attention!r}")
+        if self.attention_norm not in ('batch', None):
+            raise ValueError(f"ElvisConfig.attention_norm must be 'batch' or None, got {self.attention_norm!r}")
         if self.element_weights == 'attention' and self.text_pooling != 'attention':
             raise ValueError(f"ElvisConfig.element_weights='attention' takes the weights of the text attention pooling: "
                              f"it needs text_pooling='attention', got {self.text_pooling!r}")
