@@ -159,3 +159,29 @@ def test_every_option_value_trains_a_smoke_step(batch, options):
     assert grads and all(torch.isfinite(g).all() for g in grads)
     if options.get('target') == 'spatial':
         assert out.diagnostics['target_diag_mass_text'] == 1.0 and out.diagnostics['target_diag_mass_image'] < 1.0
+
+
+def test_ema_copy_resumes_from_a_training_checkpoint(batch, tmp_path):
+    "Two steps, a checkpoint, two more steps = four steps in one go: the EMA copy is part of what a resume restores."
+    from elvis_nb.checkpoint import load_checkpoint, save_checkpoint
+    images, texts = batch
+    def run(m, opt, n):
+        for k in range(n):
+            torch.manual_seed(10 + k); out = m(images, m.tokenize(texts))
+            opt.zero_grad(); out.loss.backward(); opt.step()
+    def fresh():
+        seed_everything(0)
+        m = build_method('elvis', 'smoke', target_source='ema', target_momentum=0.5)
+        return m, torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    (a, opt_a), (b, opt_b) = fresh(), fresh()
+    run(a, opt_a, 4)
+    run(b, opt_b, 2)
+    save_checkpoint(tmp_path / 'last.safetensors', b, opt_b, step=2)
+    c, opt_c = fresh()
+    load_checkpoint(tmp_path / 'last.safetensors', c, opt_c, restore_rng=False)
+    for k in range(2, 4):
+        torch.manual_seed(10 + k); out = c(images, c.tokenize(texts))
+        opt_c.zero_grad(); out.loss.backward(); opt_c.step()
+    sa, sc = a.state_dict(), c.state_dict()
+    assert any(k.startswith('target_encoders.') for k in sa)
+    for k in sa: torch.testing.assert_close(sc[k], sa[k], rtol=0, atol=0, msg=k)
