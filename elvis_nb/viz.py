@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 # %% auto #0
 __all__ = ['STYLES', 'TITLE_SIZE', 'TRUTH_COLOR', 'PREDICTION_COLOR', 'MapStyle', 'map_style', 'to_numpy', 'show_map',
            'add_colorbar', 'draw_boxes', 'draw_outline', 'truth_prediction_legend', 'category_color',
-           'plot_similarity_matrices', 'plot_grounding', 'plot_word_attention']
+           'plot_similarity_matrices', 'plot_grounding', 'plot_word_attention', 'plot_region_maps']
 
 # %% ../nbs/02_viz.ipynb #df10138c
 @dataclass(frozen=True)
@@ -134,4 +134,21 @@ def plot_word_attention(attn,                    # [T, R] attention of T words o
         im = show_map(ax, m, 'attention', f'"{word}"', 0.0, vmax, image=image)
         if boxes is not None: draw_boxes(ax, boxes)
     add_colorbar(fig, im, list(axes[0]), 'attention', 'attention × R (1 = uniform)' if relative else None)
+    return fig
+
+# %% ../nbs/02_viz.ipynb #024435e9
+def plot_region_maps(maps,                            # list of [h·w] (or [h, w]) values on the region grid
+                     grid: tuple[int, int],           # (h, w)
+                     titles: list[str] | None = None,
+                     kind: str = 'attention',         # the map kind (STYLES): distributions are 'attention'
+                     vmax: float | None = None,       # one upper end for every panel (None: the kind's, else the largest value)
+                     mark: int | None = None):        # a region index (raster order) to mark with a cross, e.g. the query
+    "Panels of per-region values on the (h, w) grid, one shared scale and one colour bar; returns the Figure."
+    maps = [to_numpy(m).reshape(grid) for m in maps]
+    vmax = vmax if vmax is not None else map_style(kind).vmax if map_style(kind).vmax is not None else max(float(m.max()) for m in maps)
+    fig, axes = plt.subplots(1, len(maps), figsize=(3 * len(maps) + 0.8, 3), squeeze=False)
+    for n, (ax, m) in enumerate(zip(axes[0], maps)):
+        im = show_map(ax, m, kind, titles[n] if titles else '', vmax=vmax)
+        if mark is not None: ax.plot(mark % grid[1], mark // grid[1], 'c+', ms=12, mew=2)
+    add_colorbar(fig, im, list(axes[0]), kind)
     return fig

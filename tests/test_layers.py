@@ -8,15 +8,6 @@ import pytest
 import elvis_nb
 
 ROOT = Path(elvis_nb.__file__).parent
-# owned by helper `elvisopt`, who moves their plot functions out; the lead makes these strict at merge
-OWN = {'elvis_nb.losses.targets': 'helper elvisopt moves plot_region_maps/plot_intra_modal_target/toy data out',
-       'elvis_nb.losses.elvis': 'helper elvisopt moves plot_target_and_source out'}
-# import one of those two, so they load matplotlib until then (their own source imports none: test_no_module_level_import)
-PENDING = OWN | {'elvis_nb.losses.cross_attention': 'imports plot_region_maps from losses.targets (helper elvisopt)',
-                 'elvis_nb.models.heads': 'imports losses.cross_attention, which imports losses.targets (helper elvisopt)',
-                 'elvis_nb.models.methods': 'imports losses.elvis (helper elvisopt)'}
-
-
 def lower_modules() -> list[str]:
     "Every module of elvis_nb.losses, elvis_nb.models, elvis_nb.data, and elvis_nb.train."
     names = ['elvis_nb.train']
@@ -51,8 +42,7 @@ def module_level_imports(name: str) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.xfail(reason=OWN[n], strict=False)) if n in OWN else n
-                                  for n in lower_modules()])
+@pytest.mark.parametrize('name', lower_modules())
 def test_no_module_level_import(name):
     assert 'matplotlib' not in module_level_imports(name), f"{name} imports matplotlib at module level"
 
@@ -65,11 +55,9 @@ def loaded() -> dict[str, bool]:
 def test_every_lower_module_is_listed():
     names = lower_modules()
     assert {'elvis_nb.losses.infonce', 'elvis_nb.models.heads', 'elvis_nb.data.augment', 'elvis_nb.train'} <= set(names)
-    assert set(PENDING) <= set(names), 'a pending module was renamed: update PENDING'
 
 
-@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.xfail(reason=PENDING[n], strict=False)) if n in PENDING else n
-                                  for n in lower_modules()])
+@pytest.mark.parametrize('name', lower_modules())
 def test_lower_module_imports_no_matplotlib(name, loaded):
     assert not loaded[name], f"importing {name} loads matplotlib: move its plot functions to elvis_nb.viz or a chapter cell"
 

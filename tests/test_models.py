@@ -138,7 +138,8 @@ def test_old_elvis_config_json_still_loads(tmp_path):
     from dataclasses import asdict, fields
     from elvis_nb.losses.elvis import ElvisLocalConfig
     from elvis_nb.models.methods import ElvisConfig
-    assert set(asdict(ElvisConfig())) == set(OLD_ELVIS_OPTIONS)               # the same flat keys: no migration
+    new = set(asdict(ElvisConfig())) - set(OLD_ELVIS_OPTIONS)                 # options added since (#13), e.g. target_source
+    assert set(OLD_ELVIS_OPTIONS) <= set(asdict(ElvisConfig()))             # the same flat keys: no migration
     seed_everything(0)
     m = build_method('elvis', 'smoke', tau_tgt=0.2, weight_image=0.6)
     m.save_pretrained(tmp_path)
@@ -149,5 +150,6 @@ def test_old_elvis_config_json_still_loads(tmp_path):
     assert m2.config == m.config and isinstance(m2.config, ElvisLocalConfig)
     assert {f.name: getattr(m2.config, f.name) for f in fields(ElvisLocalConfig)} == asdict(
         ElvisLocalConfig(tau_tgt=0.2, weight_image=0.6))
+    assert {k: getattr(m2.config, k) for k in new} == {k: getattr(ElvisConfig(), k) for k in new}   # their defaults: the old loss
     with pytest.raises(ValueError, match='tau_tgt must be positive'):
         ElvisConfig(**{**OLD_ELVIS_OPTIONS, 'tau_tgt': 0})                    # the loss's own checks still run

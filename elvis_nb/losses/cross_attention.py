@@ -12,7 +12,6 @@ from torch import nn
 
 from .gloria import gloria_attention
 from .ops import at_least_float32, masked_softmax
-from .targets import plot_region_maps
 
 # %% auto #0
 __all__ = ['MaskedBatchNorm1d', 'CrossAttention']

@@ -8,24 +8,25 @@ import math
 
 import torch
 import torch.nn.functional as F
-import matplotlib.pyplot as plt
 
 from .ops import at_least_float32, cosine_matrix, masked_log_softmax
 
 # %% auto #0
-__all__ = ['masked_mean', 'intra_modal_targets', 'target_entropy', 'target_diagonal_mass', 'toy_region_features',
-           'plot_region_maps', 'plot_intra_modal_target']
+__all__ = ['masked_mean', 'intra_modal_targets', 'target_entropy', 'target_diagonal_mass', 'toy_region_features']
 
 # %% ../../nbs/22_losses.targets.ipynb #4a4a85ef
 def masked_mean(values: torch.Tensor,  # [B, N] one number per local element
                 mask: torch.Tensor | None = None,  # [B, N] bool, True = real element
+                weights: torch.Tensor | None = None,  # [B, N] ≥ 0 per-element weights w_bi (None: uniform)
                ) -> torch.Tensor:  # scalar
-    "Mean over each sample's valid elements, then over the samples that have any."
-    if mask is None: return values.mean()
-    m = mask.to(values.dtype)
-    n = m.sum(-1)                                                  # [B] N_b
-    per_sample = (values * m).sum(-1) / n.clamp_min(1)             # [B]
-    has_any = (n > 0).to(values.dtype)
+    "(Weighted) mean over each sample's valid elements, then over the samples that have any."
+    if mask is None and weights is None: return values.mean()
+    m = torch.ones_like(values) if mask is None else mask.to(values.dtype)
+    if weights is not None: m = m * weights.to(values.dtype)       # [B, N] w_bi on valid elements, 0 elsewhere
+    n = m.sum(-1)                                                  # [B] N_b (or Σ_i w_bi)
+    has_any = n > 0
+    per_sample = (values * m).sum(-1) / torch.where(has_any, n, 1)  # [B]
+    has_any = has_any.to(values.dtype)
     return (per_sample * has_any).sum() / has_any.sum().clamp_min(1)
 
 # %% ../../nbs/22_losses.targets.ipynb #1e467237
@@ -71,46 +72,3 @@ def toy_region_features(grid: tuple[int, int] = (19, 19),  # (h, w) region grid
     protos = torch.randn(4, dim, generator=g)
     feats = torch.relu(protos[label] + noise * torch.randn(h * w, dim, generator=g))
     return feats, label
-
-# %% ../../nbs/22_losses.targets.ipynb #b0e00b8d
-def plot_region_maps(maps: list[torch.Tensor],  # each [h·w] (or [h, w]) values on the region grid
-                     grid: tuple[int, int],  # (h, w)
-                     titles: list[str] | None = None,
-                     vmin: float = 0., vmax: float | None = None,  # one colour scale for every panel (None: the max)
-                     cmap: str = 'viridis',
-                     mark: int | None = None,  # a region index to mark with a cross (e.g. the query region)
-                     ax_size: float = 3.,
-                    ):  # matplotlib Figure
-    "Panels of per-region values on the (h, w) grid, one shared colour scale and colour bar."
-    maps = [m.detach().float().cpu().reshape(grid) for m in maps]
-    vmax = max(float(m.max()) for m in maps) if vmax is None else vmax
-    fig, axes = plt.subplots(1, len(maps), figsize=(ax_size * len(maps) + 1, ax_size), squeeze=False)
-    for k, (ax, m) in enumerate(zip(axes[0], maps)):
-        im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax)
-        if mark is not None: ax.plot(mark % grid[1], mark // grid[1], 'r+', ms=12, mew=2)
-        if titles: ax.set_title(titles[k], fontsize=9)
-        ax.set_xticks([]); ax.set_yticks([])
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=.85)
-    return fig
-
-def plot_intra_modal_target(local_feats: torch.Tensor,  # [N, D_y] one image's region features y_l
-                            grid: tuple[int, int],  # (h, w) with h·w = N
-                            region: int,  # the query region i (raster index)
-                            tau_tgt: float = 0.1,
-                            order: torch.Tensor | None = None,  # [N] sort key for the matrix panel (e.g. segment labels)
-                           ):  # matplotlib Figure
-    "An image's region cosine matrix, and region `region`'s cosines and target row q_i· on the grid."
-    s = cosine_matrix(local_feats[None].float(), local_feats[None].float())[0]   # [N, N]
-    idx = torch.arange(len(s)) if order is None else torch.argsort(order, stable=True)
-    q = intra_modal_targets(local_feats[None], tau_tgt=tau_tgt)[0]               # [N, N]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, m, vmin, vmax, cmap, title in [
-            (axes[0], s[idx][:, idx], -1, 1, 'coolwarm', 'cos(y_i, y_j), all regions' + ('' if order is None else ' (sorted)')),
-            (axes[1], s[region].reshape(grid), -1, 1, 'coolwarm', f'cos(y_{region}, y_j) on the grid'),
-            (axes[2], q[region].reshape(grid), 0, float(q[region].max()), 'viridis',
-             f'target q_{region},j (τ_tgt={tau_tgt:g})')]:
-        im = ax.imshow(m.numpy(), cmap=cmap, vmin=vmin, vmax=vmax)
-        fig.colorbar(im, ax=ax, shrink=.85)
-        ax.set_title(title, fontsize=9); ax.set_xticks([]); ax.set_yticks([])
-    for ax in axes[1:]: ax.plot(region % grid[1], region // grid[1], 'r+', ms=12, mew=2)
-    return fig

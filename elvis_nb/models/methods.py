@@ -4,6 +4,7 @@
 
 # %% ../../nbs/32_models.methods.ipynb #967b8fa9
 from __future__ import annotations
+import copy
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -22,8 +23,8 @@ from ..losses.cross_attention import CrossAttention
 from ..losses.elvis import ElvisLocalConfig, elvis_local_loss
 from ..losses.gloria import gloria_global_loss, gloria_local_loss
 from ..losses.infonce import infonce
-from ..losses.ops import cosine_matrix
-from .encoders import ImageEncoder, TextEncoder, bert_backbone, resnet_backbone
+from ..losses.ops import cosine_matrix, masked_softmax
+from .encoders import TEXT_LEVELS, TEXT_POOLINGS, ImageEncoder, TextEncoder, bert_backbone, resnet_backbone
 from .heads import ProjectionHeads
 
 # %% auto #0
@@ -73,6 +74,11 @@ class MethodConfig:
     freeze_text_layers: int | None = 0    # freeze embeddings + first k BERT layers; None: half the layers if pre-trained, else 0
     cls_as_word: bool = False             # count [CLS] as word 0 (GLoRIA's training code)
 
+    def __post_init__(self):
+        for field_, choices in (('text_level', TEXT_LEVELS), ('text_pooling', TEXT_POOLINGS)):
+            if getattr(self, field_) not in choices:
+                raise ValueError(f"{type(self).__name__}.{field_} must be one of {choices}, got {getattr(self, field_)!r}")
+
 @dataclass
 class ConVIRTConfig(MethodConfig):
     "ConVIRT (references.html#ref-convirt): global InfoNCE only."
@@ -105,6 +111,16 @@ class ElvisConfig(MethodConfig, ElvisLocalConfig):
     lambda_i2t: float = 0.75              # λ of image→text (ConVIRT/LoVT)
     attention: str = 'lovt'               # cross-attention: 'lovt' (symmetric, learned; §1.4 default) | 'gloria' (attention_fn)
     attention_norm: str | None = 'batch'  # BatchNorm on the cross-attention output (LoVT)
+
+    def __post_init__(self):
+        MethodConfig.__post_init__(self); ElvisLocalConfig.__post_init__(self)
+        if self.attention not in ('lovt', 'gloria'):
+            raise ValueError(f"ElvisConfig.attention must be one of ('lovt', 'gloria'), got {self.attention!r}")
+        if self.attention_norm not in ('batch', None):
+            raise ValueError(f"ElvisConfig.attention_norm must be 'batch' or None, got {self.attention_norm!r}")
+        if self.element_weights == 'attention' and self.text_pooling != 'attention':
+            raise ValueError(f"ElvisConfig.element_weights='attention' takes the weights of the text attention pooling: "
+                             f"it needs text_pooling='attention', got {self.text_pooling!r}")
 
 # %% ../../nbs/32_models.methods.ipynb #33d3d5ad
 class Method(nn.Module):
@@ -139,9 +155,10 @@ class Method(nn.Module):
         local_emb, global_emb = self.heads.text(f.local_feats, f.mask, f.global_feats)
         return TextOutput(global_emb, local_emb, f.local_feats, f.mask, f.global_feats)
 
-    def forward(self, images: torch.Tensor, tokens: dict[str, torch.Tensor]) -> LossOutput:
+    def forward(self, images: torch.Tensor, tokens: dict[str, torch.Tensor], **loss_inputs) -> LossOutput:
+        "The total loss of a batch; `loss_inputs` go to `loss_components` (ELVIS: a target copy's features)."
         img, txt = self.encode_image(images), self.encode_text(tokens)
-        components, diagnostics = self.loss_components(img, txt)
+        components, diagnostics = self.loss_components(img, txt, **loss_inputs)
         weights = self.loss_weights()
         loss = sum(weights[k] * v for k, v in components.items())
         return LossOutput(loss, components, {**diagnostics, **batch_accuracy(img.global_emb, txt.global_emb)})
@@ -201,17 +218,52 @@ class ELVIS(Method):
         super().__init__(*args, **kwargs)
         c = self.config
         self.cross_attention = CrossAttention(c.embed_dim, c.attention, c.attention_norm)
+        self.target_encoders = None   # 'init' / 'ema': a copy of the encoders whose features build the target
+        if c.target_source != 'live':
+            shared = {id(self.text_encoder.tokenizer): self.text_encoder.tokenizer}    # the tokenizer is not copied
+            self.target_encoders = nn.ModuleDict({'image': copy.deepcopy(self.image_encoder),
+                                                  'text': copy.deepcopy(self.text_encoder, shared)}).requires_grad_(False)
+
+    @torch.no_grad()
+    def update_target_encoders(self) -> None:
+        "θ' ← m θ' + (1 − m) θ for every weight and floating buffer of the target copy (integer buffers are copied)."
+        live = {'image': self.image_encoder, 'text': self.text_encoder}
+        for name, target in self.target_encoders.items():
+            for t, s in zip(target.state_dict().values(), live[name].state_dict().values()):
+                if t.is_floating_point(): t.lerp_(s, 1 - self.config.target_momentum)   # exact at m = 0 and m = 1
+                else: t.copy_(s)
+
+    @torch.no_grad()
+    def target_features(self, images: torch.Tensor, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        "The target copy's local features (y'^I_l [B,N_I,d_y], y'^T_l [B,T,d_y]), on the random state the live forward will use."
+        cuda = [images.device] if images.device.type == 'cuda' else []
+        with torch.random.fork_rng(devices=cuda):
+            img = self.target_encoders['image'](images)
+            txt = self.target_encoders['text'](tokens['input_ids'], tokens['attention_mask'])
+        return img.local_feats, txt.local_feats
+
+    def forward(self, images: torch.Tensor, tokens: dict[str, torch.Tensor]) -> LossOutput:
+        "The base forward; with a target copy, it moves first (EMA, training only), then gives the target's features."
+        if self.target_encoders is None: return super().forward(images, tokens)
+        if self.training and self.config.target_source == 'ema': self.update_target_encoders()
+        return super().forward(images, tokens, target_feats=self.target_features(images, tokens))
 
     def attend(self, img: ImageOutput, txt: TextOutput) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         "(z^{I|T}_l [B,N_I,D], z^{T|I}_l [B,T,D], attention maps {'img2txt', 'txt2img', 'scores'})."
         return self.cross_attention(img.local_emb, txt.local_emb, txt.mask)
 
-    def loss_components(self, img, txt):
+    def text_element_weights(self, txt: TextOutput) -> torch.Tensor | None:
+        "LoVT's per-word weights: the text attention pooling's softmax over the locals [B, T], detached (None: uniform)."
+        if self.config.element_weights == 'uniform': return None
+        return masked_softmax(self.text_encoder.pool.score(txt.local_feats).squeeze(-1), txt.mask).detach()
+
+    def loss_components(self, img, txt, target_feats: tuple[torch.Tensor, torch.Tensor] | None = None):
         c = self.config
         g = infonce(gather_with_grad(img.global_emb), gather_with_grad(txt.global_emb), tau=c.tau_g, lambda_i2t=c.lambda_i2t)
         img_att, txt_att, _ = self.attend(img, txt)
-        local = elvis_local_loss(img.local_feats, img.local_emb, img_att, txt.local_feats, txt.local_emb, txt_att,
-                                 txt.mask, c)   # ElvisConfig is an ElvisLocalConfig
+        y_img, y_txt = target_feats or (img.local_feats, txt.local_feats)     # whose features build the target
+        local = elvis_local_loss(y_img, img.local_emb, img_att, y_txt, txt.local_emb, txt_att, txt.mask, c,   # ElvisConfig is an ElvisLocalConfig
+                                 image_grid=img.grid, text_weights=self.text_element_weights(txt))
         return {'global': g, **local.components}, {k: float(v) for k, v in local.diagnostics.items()}
 
     def loss_weights(self):
