@@ -388,6 +388,8 @@ def resume_run(run: Run) -> None:
     if run.cfg.resume and run.last.exists():
         info = load_checkpoint(run.last, run.method, run.opt, run.sched, run.scaler, map_location=run.device)
         run.step, run.state = info['step'], {**run.state, **info['extra']}
+        if run.state['stopped'] in ('max_steps', 'epochs') and run.step < run.total_steps:
+            run.state['stopped'] = ''     # a larger budget continues the run; an early stop stays stopped
         if get_world_size() > 1: torch.manual_seed(run.cfg.seed * 7919 + get_rank() + 104_729 * run.step)  # the checkpoint holds rank 0's RNG
     if run.step == 0 and run.main: run.best.unlink(missing_ok=True)       # a fresh run: no stale best from an older one
     run.log = MetricsLog(run.out / 'metrics.csv', resume_step=run.step if run.step else -1, enabled=run.main)

@@ -118,6 +118,15 @@ def test_killed_run_resumes_bit_for_bit(tmp_path):
     assert steps == sorted(set(steps)) == list(range(1, 7))  # the log shows each step once
 
 
+def test_finished_run_continues_with_a_larger_budget(tmp_path):
+    "A run that stopped at its step budget resumes and trains on when asked for more steps; an early stop would stay."
+    cfg = TrainConfig(method='convirt', profile='smoke', out_dir=str(tmp_path), max_steps=2, progress=False, synth_cache=False)
+    assert train(cfg).steps == 2
+    longer = train(dataclasses.replace(cfg, max_steps=4))
+    assert (longer.steps, longer.stopped) == (4, 'max_steps')
+    assert checkpoint_info(tmp_path / 'checkpoints' / 'last.safetensors')['step'] == 4
+
+
 def test_nan_stops_with_step_and_component_and_keeps_checkpoint(tmp_path):
     from elvis_nb.models.methods import build_method
     method = build_method('elvis', get_profile('smoke'))
