@@ -338,8 +338,10 @@ def sample_region(kind: str, v: DrrView, rng: np.random.Generator) -> tuple[list
             grade = ('mild', 'moderate', 'severe')[rng.integers(3)]
             parts = [edema_insert(v, s, u(30, 50), EDEMA_DENSITY[grade], v.zone('perihilar', s)) for s in ('right', 'left')]
             return fact(parts, f'{grade.capitalize()} bilateral perihilar pulmonary edema.', side='bilateral')
-        tex, thr = ndimage.gaussian_filter(rng.standard_normal((12, 12)), 1.0) * 3, u(0.2, 0.65)
-        parts = [ground_glass_insert(v, s, tex, thr, v.zone('peripheral', s)) for s in ('right', 'left')]
+        for _ in range(8):                  # a texture that draws haze on both sides
+            tex, thr = ndimage.gaussian_filter(rng.standard_normal((12, 12)), 1.0) * 3, u(0.2, 0.65)
+            parts = [ground_glass_insert(v, s, tex, thr, v.zone('peripheral', s)) for s in ('right', 'left')]
+            if all(p.region.any() for p in parts): break
         return fact(parts, 'Bilateral peripheral ground-glass opacities.', side='bilateral')
     lobe = lobes[rng.integers(len(lobes))] if kind in ('consolidation', 'atelectasis') else None
     inside = v.labels == lobe if lobe else v.lung(side)[0]
