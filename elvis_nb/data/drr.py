@@ -161,6 +161,15 @@ def project(region_or_mu: np.ndarray, dy: float) -> np.ndarray:
     "Parallel-beam line integral along the anterior→posterior axis: [Z, Y, X] → [Z, X], Σ_y value·dy."
     return region_or_mu.sum(1, dtype=np.float32) * np.float32(dy)
 
+def _span(ok: np.ndarray) -> slice:
+    "The index range where the monotone 1D condition `ok` holds (empty slice when nowhere)."
+    i = np.flatnonzero(ok)
+    return slice(int(i[0]), int(i[-1]) + 1) if len(i) else slice(0, 0)
+
+def _box(mask: np.ndarray) -> tuple:
+    "The bounding box of `mask` as slices (an empty mask: empty slices)."
+    return tuple(_span(mask.any(tuple(a for a in range(mask.ndim) if a != k))) for k in range(mask.ndim))
+
 class DrrView:
     "The phantom turned by one yaw: labels, μ, the base film, and the lungs' and heart's places that findings need."
     def __init__(self, ph: Phantom, yaw: float = 0.0):
@@ -171,7 +180,8 @@ class DrrView:
         self.hi = float(np.percentile(self.base, 99.5))                           # display ceiling
         self.lobes = {i: n for i, n in ph.names.items() if n.startswith('lung_') and '_lobe_' in n}
         if not self.lobes: raise ValueError('the structure names hold no lung lobe')
-        self._lungs = {}
+        self.lungs = np.isin(self.labels, list(self.lobes))                       # [Z, Y, X] both lungs
+        self._lungs, self._heart = {}, None
 
     def lung(self, side: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         "The `side` lung (bool [Z, Y, X]), its height t [Z] (0 apex → 1 base) and laterality ℓ [X] (0 medial → 1 chest wall)."
@@ -190,14 +200,19 @@ class DrrView:
         if zone not in ZONES: raise ValueError(f'unknown zone {zone!r}: choose one of {sorted(ZONES)}')
         lung, t, lat = self.lung(side)
         (t0, t1, l0, l1), _ = ZONES[zone]
-        region = lung & ((t >= t0) & (t < t1))[:, None, None] & ((lat >= l0) & (lat < l1))[None, None, :]
-        return region & self.heart().any(1)[:, None, :] if zone == 'retrocardiac' else region
+        zs, xs = _span((t >= t0) & (t < t1)), _span((lat >= l0) & (lat < l1))    # t and ℓ are monotone: one box
+        region = np.zeros_like(lung)
+        region[zs, :, xs] = lung[zs, :, xs]
+        if zone == 'retrocardiac': region[zs, :, xs] &= self.heart().any(1)[zs, None, xs]
+        return region
 
     def heart(self) -> np.ndarray:
-        "Bool [Z, Y, X]: the heart label."
-        ids = [i for i, n in self.names.items() if n == 'heart']
-        if not ids: raise ValueError("the structure names hold no 'heart'")
-        return self.labels == ids[0]
+        "Bool [Z, Y, X]: the heart label (computed once)."
+        if self._heart is None:
+            ids = [i for i, n in self.names.items() if n == 'heart']
+            if not ids: raise ValueError("the structure names hold no 'heart'")
+            self._heart = self.labels == ids[0]
+        return self._heart
 
     def point(self, inside: np.ndarray, side: str, t: float, lat: float) -> tuple:
         "The voxel of `inside` whose (height, laterality) in the `side` lung is nearest (t, ℓ), at mid-depth of its column."
@@ -220,9 +235,10 @@ class Insert:
     region: np.ndarray        # [Z, Y, X] bool
     dmu: np.ndarray | float   # 1/mm: one value over the region, or [Z, Y, X] float32 (air replacing lung is negative)
 
-    def line_integral(self, dy: float) -> np.ndarray:
-        "The finding's own film, Σ_y Δμ·dy: [Z, X]."
-        return np.float32(self.dmu) * project(self.region, dy) if np.isscalar(self.dmu) else project(self.dmu, dy)
+    def films(self, dy: float) -> tuple[np.ndarray, np.ndarray]:
+        "The finding's own line integral Σ_y Δμ·dy [Z, X] and its mask, the projection of its region (bool [Z, X])."
+        n = project(self.region, 1.0)                                             # voxels of the region along each ray
+        return (np.float32(self.dmu * dy) * n if np.isscalar(self.dmu) else project(self.dmu, dy)), n > 0
 
 # %% ../../nbs/14_data.drr.ipynb #e73cf505
 def consolidation_insert(v: DrrView, centre: tuple, r_mm: float, inside: np.ndarray) -> Insert:
@@ -243,11 +259,10 @@ def effusion_insert(v: DrrView, side: str, level: float, rise: float, inside: np
 def atelectasis_insert(v: DrrView, lobe: np.ndarray, shrink: float) -> Insert:
     "Volume loss: the lobe part `lobe` (bool [Z, Y, X]) collapsed `shrink`× toward its centroid, airless (denser) and smaller."
     if not 0 < shrink <= 1: raise ValueError(f'shrink must be in (0, 1], got {shrink}')
-    idx = np.nonzero(lobe)
-    if len(idx[0]) == 0: raise ValueError('atelectasis: the lobe region is empty')
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
-    pts = np.stack(idx, 1)                                                        # [N, 3] the lobe's voxels
-    c = pts[np.argmin(((pts - pts.mean(0)) ** 2).sum(1))] - [b.start for b in box]  # its voxel nearest the centroid (box index)
+    if not lobe.any(): raise ValueError('atelectasis: the lobe region is empty')
+    box = _box(lobe)
+    pts = np.stack(np.nonzero(lobe[box]), 1)                                      # [N, 3] the lobe's voxels, box index
+    c = pts[np.argmin(((pts - pts.mean(0)) ** 2).sum(1))]                         # its voxel nearest the centroid
     # output voxel p is collapsed lung iff c + (p − c) / shrink lies in the lobe (affine_transform samples M·p + offset)
     col = ndimage.affine_transform(lobe[box].astype(np.uint8), np.eye(3) / shrink, c - c / shrink, order=0) > 0
     region = np.zeros_like(lobe); region[box] = col & lobe[box]
@@ -258,21 +273,24 @@ def pneumothorax_insert(v: DrrView, side: str, gap_mm: float, cut: float, inside
     "Air between the chest wall and the lung edge, displaced gap(t) = gap·√(1 − t/cut) from the lateral wall (and the apex, t < 0.3); the visceral pleural line just inside."
     lung, t, _ = v.lung(side)
     dz, _, dx = v.spacing
-    Z, Y, X = lung.shape
-    gap = (gap_mm * np.sqrt(np.clip(1 - t / cut, 0, 1))).astype(np.float32)[:, None, None]    # [Z, 1, 1] mm
-    wall = lung.argmax(2) if side == 'right' else X - 1 - lung[:, :, ::-1].argmax(2)          # [Z, Y] lateral-most column
+    box = _box(lung)                                                              # work in the lung's box
+    L, tb, inb = lung[box], t[box[0]], inside[box]
+    Z, Y, X = L.shape
+    gap = (gap_mm * np.sqrt(np.clip(1 - tb / cut, 0, 1))).astype(np.float32)[:, None, None]  # [Z, 1, 1] mm
+    wall = L.argmax(2) if side == 'right' else X - 1 - L[:, :, ::-1].argmax(2)                # [Z, Y] lateral-most column
     depth = np.abs(np.arange(X)[None, None, :] - wall[:, :, None]).astype(np.float32) * dx    # [Z, Y, X] mm from the wall
-    top = (np.arange(Z)[:, None, None] - lung.argmax(0)[None]).astype(np.float32) * dz        # [Z, Y, X] mm below the apex
-    depth = np.where((t < 0.3)[:, None, None], np.minimum(depth, top), depth)
-    rim = lung & inside & (depth < gap)
-    line = lung & inside & (gap > 0) & (depth >= gap) & (depth < gap + dx)
-    dmu = np.where(rim, -v.mu, 0).astype(np.float32) + np.float32(PLEURAL_LINE * MU_WATER) * line   # air replaces lung
-    return Insert(rim | line, dmu)
+    top = (np.arange(Z)[:, None, None] - L.argmax(0)[None]).astype(np.float32) * dz           # [Z, Y, X] mm below the apex
+    depth = np.where((tb < 0.3)[:, None, None], np.minimum(depth, top), depth)
+    rim = L & inb & (depth < gap)
+    line = L & inb & (gap > 0) & (depth >= gap) & (depth < gap + dx)
+    region, dmu = np.zeros_like(lung), np.zeros(lung.shape, np.float32)
+    region[box] = rim | line
+    dmu[box] = np.where(rim, -v.mu[box], 0) + np.float32(PLEURAL_LINE * MU_WATER) * line      # air replaces lung
+    return Insert(region, dmu)
 
 def heart_ctr(v: DrrView, heart: np.ndarray) -> float:
     "Cardiothoracic ratio on the film: the heart's width over the lungs' (both in columns)."
-    lungs = np.isin(v.labels, list(v.lobes)).any((0, 1))
-    h, l = np.flatnonzero(heart.any((0, 1))), np.flatnonzero(lungs)
+    h, l = np.flatnonzero(heart.any((0, 1))), np.flatnonzero(v.lungs.any((0, 1)))
     return (h[-1] - h[0] + 1) / (l[-1] - l[0] + 1)
 
 def cardiomegaly_insert(v: DrrView, ctr: float) -> Insert:
@@ -280,26 +298,30 @@ def cardiomegaly_insert(v: DrrView, ctr: float) -> Insert:
     heart = v.heart()
     s = max(1.05, ctr / heart_ctr(v, heart))
     scale = np.array([np.sqrt(s), s, s])
-    idx = np.nonzero(heart)
-    c = np.array([i.mean() for i in idx])
-    lo = np.maximum(0, np.floor(c - (c - [i.min() for i in idx]) * scale) - 1).astype(int)
-    hi = np.minimum(heart.shape, np.ceil(c + ([i.max() for i in idx] - c) * scale) + 2).astype(int)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    cb = c - lo
-    grown = np.zeros_like(heart)
-    grown[box] = ndimage.affine_transform(heart[box].astype(np.uint8), np.diag(1 / scale), cb - cb / scale, order=0) > 0
-    added = grown & ~heart & np.isin(v.labels, list(v.lobes))                     # it grows into the lungs only
-    dmu = np.where(added, np.float32(v.mu[heart].mean()) - v.mu, 0).astype(np.float32)   # lung replaced by heart
-    return Insert(heart | added, dmu)
+    hb = _box(heart)
+    lo, hi = np.array([b.start for b in hb]), np.array([b.stop - 1 for b in hb])
+    c = (lo + hi) / 2                                                                      # the heart box's centre
+    a = np.maximum(0, np.floor(c - (c - lo) * scale) - 1).astype(int)
+    b = np.minimum(heart.shape, np.ceil(c + (hi - c) * scale) + 2).astype(int)
+    box = tuple(slice(i, j) for i, j in zip(a, b))
+    cb = c - a
+    grown = ndimage.affine_transform(heart[box].astype(np.uint8), np.diag(1 / scale), cb - cb / scale, order=0) > 0
+    added = grown & ~heart[box] & v.lungs[box]                                         # it grows into the lungs only
+    region, dmu = heart.copy(), np.zeros(heart.shape, np.float32)
+    region[box] |= added
+    dmu[box] = np.where(added, np.float32(v.mu[hb][heart[hb]].mean()) - v.mu[box], 0)    # lung replaced by heart
+    return Insert(region, dmu)
 
 def edema_insert(v: DrrView, side: str, sigma_mm: float, density: float, inside: np.ndarray) -> Insert:
     "Perihilar haze: Δμ = density·μ_water·exp(−d²/2σ²) around the `side` hilum (the medial lung at mid-height), where above half, within `inside`."
     z, y, x = v.point(v.lung(side)[0], side, 0.45, 0.0)
-    g = lambda n, c, d: np.exp(-((np.arange(n) - c) * d) ** 2 / (2 * sigma_mm ** 2)).astype(np.float32)
-    Z, Y, X = v.labels.shape
-    field = g(Z, z, v.spacing[0])[:, None, None] * g(Y, y, v.spacing[1])[None, :, None] * g(X, x, v.spacing[2])[None, None, :]
-    region = inside & (field > 0.5)
-    return Insert(region, np.where(region, np.float32(density * MU_WATER) * field, 0).astype(np.float32))
+    box = _box(inside)                                                            # work in the region's box
+    g = lambda sl, c, d: np.exp(-((np.arange(sl.start, sl.stop) - c) * d) ** 2 / (2 * sigma_mm ** 2)).astype(np.float32)
+    field = g(box[0], z, v.spacing[0])[:, None, None] * g(box[1], y, v.spacing[1])[None, :, None] * g(box[2], x, v.spacing[2])[None, None, :]
+    region, dmu = np.zeros_like(inside), np.zeros(inside.shape, np.float32)
+    region[box] = inside[box] & (field > 0.5)
+    dmu[box] = np.where(region[box], np.float32(density * MU_WATER) * field, 0)
+    return Insert(region, dmu)
 
 def ground_glass_insert(v: DrrView, side: str, texture: np.ndarray, thr: float, inside: np.ndarray) -> Insert:
     "Patchy haze where a·texture + b·(ℓ − 0.45) + c (`synth.GROUND_GLASS_FIELD`; texture [n, n] over the film) exceeds `thr`, within `inside`."
@@ -423,19 +445,23 @@ def render_drr(r: DrrRenderer, pose: DrrPose, findings: list, facts: list, seed=
     "Render `findings` (per finding, its parts: [Insert] in the yaw view of `pose`) on the base film: one warp, one window, blur, noise."
     v, size = r.view(pose.yaw), size or r.size
     dz, dy, dx = v.spacing
-    A = v.base.copy()                                                            # [Z, X] line integral
-    for parts in findings:
-        for p in parts: A += p.line_integral(dy)
+    flat = [p for parts in findings for p in parts]
+    if len(flat) > 31: raise ValueError(f"{len(flat)} finding parts: at most 31 fit the 32-bit mask warp")
+    films = [p.films(dy) for p in flat]
+    A = v.base + sum(a for a, _ in films)                                        # [Z, X] line integral
     M, off = film_warp(A.shape, (dz, dx), size, pose)
     out = (size, size)
     warp = lambda a, order: ndimage.affine_transform(a, M, off, output_shape=out, order=order)
     A = warp(A, 1)                                                               # [S, S]
-    part_masks = [[warp(p.region.any(1).astype(np.uint8), 0) > 0 for p in parts] for parts in findings]   # exact projections
-    masks = np.stack([np.any(pm, 0) for pm in part_masks]) if findings else np.zeros((0, *out), bool)  # [F, S, S]
+    bits = sum((m.astype(np.uint32) << np.uint32(k)) for k, (_, m) in enumerate(films)) if flat else np.zeros(A.shape, np.uint32)
+    bits = warp(bits, 0)                  # one nearest-neighbour warp carries every part's projection as one bit
+    part = (bits[None] >> np.arange(len(flat), dtype=np.uint32)[:, None, None]) & np.uint32(1) > 0   # [P, S, S] exact projections
+    owner = np.repeat(np.arange(len(findings)), [len(parts) for parts in findings])                   # [P] finding of each part
+    masks = np.stack([part[owner == n].any(0) for n in range(len(findings))]) if findings else np.zeros((0, *out), bool)  # [F, S, S]
     img = np.clip(A / (v.hi * pose.exposure), 0, 1) ** pose.gamma
     if pose.blur > 0: img = ndimage.gaussian_filter(img, pose.blur)
     img = img + pose.noise * np.random.default_rng(seed).standard_normal(out)
-    boxes = np.array([[n, *mask_box(m)] for n, pm in enumerate(part_masks) for m in pm if m.any()], np.float32).reshape(-1, 5)
+    boxes = np.array([[n, *mask_box(m)] for n, m in zip(owner, part) if m.any()], np.float32).reshape(-1, 5)
     return DrrStudy((np.round(np.clip(img, 0, 1) * 255) / 255).astype(np.float32), masks, boxes, facts, pose)
 
 def sample_drr(r: DrrRenderer, seed: int, kinds: Sequence[str] = ()) -> DrrStudy:
