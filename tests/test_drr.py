@@ -105,6 +105,7 @@ def test_finding_changes_only_its_region_and_report_names_it(phantom, kind):
         if kind == 'atelectasis':                                           # volume loss: smaller than its lobe, denser
             lobe = phantom.labels == next(i for i, n in phantom.names.items() if n == f['lobe'])
             assert reg.sum() < lobe.sum() and not reg[~lobe].any()
+            assert f'({100 * (1 - reg.sum() / lobe.sum()):.0f} %)' in st.report     # the volume lost, as the report says
         if kind == 'edema':                                                  # bilateral, perihilar (medial), graded
             assert {np.nonzero(p.region)[2].mean() < N / 2 for p in parts} == {True, False}
             assert all(p.dmu.max() <= drr.EDEMA_DENSITY[f['sentence'].split()[0].lower()] * drr.MU_WATER + 1e-9 for p in parts)

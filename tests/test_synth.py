@@ -121,5 +121,8 @@ def test_renderer_option_reaches_every_experiment_step_and_the_report():
     with pytest.raises(ValueError, match="unknown renderer 'photo'"): plan_steps('smoke', renderer='photo')
     meta = dict(profile='smoke', methods=['elvis'], seeds=[0], data_root='', renderer='ct')
     assert 'renderer `ct`' in report_markdown({}, {}, Path('.'), {**meta, 'renderers_used': ['ct']}) and 'one real chest CT' in report_markdown({}, {}, Path('.'), meta)
+    from elvis_nb.cli import build_parser
+    assert build_parser().parse_args(['reproduce', '--renderer', 'ct']).renderer == 'ct'
+    assert build_parser().parse_args(['reproduce']).renderer == 'cartoon'
     fell_back = report_markdown({}, {}, Path('.'), {**meta, 'renderers_used': ['cartoon']})
     assert 'renderer `cartoon`' in fell_back and 'could not be fetched' in fell_back

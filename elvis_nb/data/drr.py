@@ -368,9 +368,9 @@ def sample_region(kind: str, v: DrrView, rng: np.random.Generator) -> tuple[list
     lobe = lobes[rng.integers(len(lobes))] if kind in ('consolidation', 'atelectasis') else None
     inside = v.labels == lobe if lobe else v.lung(side)[0]
     if kind == 'atelectasis':
-        shrink = u(0.45, 0.75)
-        return fact([atelectasis_insert(v, inside, shrink)], f'Atelectasis of the {lobe_words(v.names[lobe])} with volume loss.',
-                    lobe=v.names[lobe], size=100 * (1 - shrink ** 3))      # size: % of the lobe's volume lost
+        ins = atelectasis_insert(v, inside, u(0.45, 0.75))
+        lost = 100 * (1 - ins.region.sum() / inside.sum())                          # % of the lobe's volume lost, from the label map
+        return fact([ins], f'Atelectasis of the {lobe_words(v.names[lobe])} with volume loss ({lost:.0f} %).', lobe=v.names[lobe], size=lost)
     centre = random_voxel(inside, rng)
     lobe_name = v.names[int(v.labels[centre])]
     if kind == 'consolidation':
