@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f'subset of {list(TASKS)}')
     rep.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2], help='seeds: every number is mean ± 95 %% interval over them')
     rep.add_argument('--data-root', default='', help='real data root (default: SynthCXR)')
+    rep.add_argument('--renderer', default='cartoon', help="SynthCXR renderer: 'cartoon' (default) or 'ct' (radiographs of one real CT, fetched once)")
     rep.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
     rep.add_argument('--force', action='store_true', help='re-run steps that already finished')
     rep.add_argument('--no-random-baseline', action='store_true', help='skip the random-initialisation reference row')
@@ -105,7 +106,7 @@ def command(args: argparse.Namespace) -> int:
         print(json.dumps({k: results[k] for k in list(results)[:12]}, indent=1, default=str))
     elif args.command == 'reproduce':
         reproduce(args.out, args.profile, args.methods, args.tasks, args.seeds, args.data_root, args.device,
-                  args.force, random_baseline=not args.no_random_baseline, jobs=args.jobs)
+                  args.force, random_baseline=not args.no_random_baseline, jobs=args.jobs, renderer=args.renderer)
     elif args.command == 'pretrain':
         if args.data_root and not Path(args.data_root).exists(): raise FileNotFoundError(f'data root {args.data_root!r} does not exist')
         options = {k: parse_value(v) for k, v in args.option}

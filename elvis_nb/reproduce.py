@@ -14,12 +14,13 @@ from .core import METHOD_NAMES, get_profile, resolve_device
 from .runner import experiment_path, run_experiment
 
 # %% auto #0
-__all__ = ['TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'HEADLINES', 'SIDE_BY_SIDE', 'CITATIONS',
-           'CONFIDENCE', 'SYNTH_STANDS_FOR', 'Step', 'plan_steps', 'step_done', 'run_step', 'next_ready', 'run_steps',
-           'step_workers', 'flatten_numbers', 'mean_std', 'combine_results', 'headline_columns', 'results_tables',
-           'step_figures', 'side_by_side', 'report_markdown', 'markdown_to_html', 'markdown_table', 'our_key',
-           'papers_markdown', 'experiment_parameters', 'profile_options', 'plan_claims', 'claim_values', 'judge_claims',
-           'claims_summary', 'claims_markdown', 'default_jobs', 'kernel_threads', 'claims_figure', 'reproduce']
+__all__ = ['TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'RENDERER_NOTE', 'HEADLINES', 'SIDE_BY_SIDE',
+           'CITATIONS', 'CONFIDENCE', 'SYNTH_STANDS_FOR', 'Step', 'plan_steps', 'step_done', 'run_step', 'next_ready',
+           'run_steps', 'step_workers', 'flatten_numbers', 'mean_std', 'combine_results', 'renderer_note',
+           'headline_columns', 'results_tables', 'step_figures', 'side_by_side', 'report_markdown', 'markdown_to_html',
+           'markdown_table', 'our_key', 'papers_markdown', 'experiment_parameters', 'profile_options', 'plan_claims',
+           'claim_values', 'judge_claims', 'claims_summary', 'claims_markdown', 'default_jobs', 'kernel_threads',
+           'claims_figure', 'reproduce']
 
 # %% ../nbs/60_reproduce.ipynb #eff22b29
 TASKS = {  # task name → experiment notebook
@@ -51,14 +52,16 @@ class Step:
 
 # %% ../nbs/60_reproduce.ipynb #2bb5bb77
 def plan_steps(profile: str = 'quick', methods=METHOD_NAMES, tasks=tuple(TASKS), seeds=(0,), data_root: str = '',
-               device: str = 'auto', root: Path = Path('.'), random_baseline: bool = True) -> list[Step]:
+               device: str = 'auto', root: Path = Path('.'), random_baseline: bool = True, renderer: str = 'cartoon') -> list[Step]:
     "The ordered steps of a reproduction: per seed, each method's pre-training then its evaluations."
     unknown = [m for m in methods if m not in METHOD_NAMES and not m.startswith('elvis_')]
     if unknown: raise ValueError(f"unknown method(s) {unknown}: choose from {list(METHOD_NAMES)} (or an 'elvis_*' ablation)")
     bad = [t for t in tasks if t not in TASKS]
     if bad: raise ValueError(f"unknown task(s) {bad}: choose from {list(TASKS)}")
     get_profile(profile)
-    common = dict(profile=profile, data_root=data_root, device=device)
+    from elvis_nb.data.synth import RENDERERS         # here, not at the top: the data layer imports torch
+    if renderer not in RENDERERS: raise ValueError(f"unknown renderer {renderer!r}: choose one of {RENDERERS}")
+    common = dict(profile=profile, data_root=data_root, device=device, renderer=renderer)   # in every step's fingerprint
     steps = [Step('environment', 'environment', dict(profile=profile, device=device, seed=seeds[0]))]
     for seed in seeds:
         rows = [(m, True) for m in methods] + ([(RANDOM_INIT, False)] if random_baseline else [])
@@ -182,6 +185,16 @@ SYNTH_CAVEAT = ("**These are SynthCXR numbers, not the paper's numbers.** SynthC
     "absolute numbers: that needs the `paper` profile on MIMIC-CXR and the downstream sets (`--profile paper "
     "--data-root ...` on a GPU).")
 
+RENDERER_NOTE = {'cartoon': "Its images here were drawn by the **cartoon** renderer (a procedural drawing of a chest).",
+                 'ct': "Its images here were drawn by the **CT** renderer: radiographs projected from one real chest CT, so every "
+                       "study shares one patient's anatomy; the findings, reports and labels are SynthCXR's."}
+
+def renderer_note(meta: dict) -> str:
+    "Which renderer drew the SynthCXR images behind the numbers: the one the steps report, and the one asked for if they differ."
+    used, asked = meta.get('renderers_used') or [meta.get('renderer', 'cartoon')], meta.get('renderer', 'cartoon')
+    note = ' '.join(RENDERER_NOTE[r] for r in used)
+    return note + (f" (`renderer='{asked}'` was asked; the CT could not be fetched, so the cartoon drew them.)" if used != [asked] else '')
+
 def _cell(s: dict, digits: int = 3) -> str:
     "`mean ± 95 % half-width (seeds; excluded)`, the half-width `n/a` for one seed."
     half = 'n/a' if math.isnan(s.get('ci95', float('nan'))) else f"{s['ci95']:.{digits}f}"
@@ -263,12 +276,12 @@ def report_markdown(combined: dict, figures: dict[str, list[Path]], root: Path, 
     "The report as Markdown: setup, summary and claims, caveat, our tables, papers' numbers, side-by-side figures, every figure."
     seeds = meta.get('seeds', [])
     lines = [f"# elvis_nb reproduction: {', '.join(meta.get('methods', []))}", '',
-             f"Profile `{meta.get('profile')}` · data: {meta.get('data_root') or 'SynthCXR (embedded default)'} · "
+             f"Profile `{meta.get('profile')}` · data: {meta.get('data_root') or 'SynthCXR (embedded default), renderer ' + ', '.join(f'`{r}`' for r in meta.get('renderers_used') or [meta.get('renderer', 'cartoon')])} · "
              f"seeds {seeds} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}: each cell is mean ± half-width of the "
              f"95 % confidence interval over seeds (number of seeds behind it; failed fits excluded, never averaged)) · device {meta.get('device')} · {meta.get('jobs', 1)} step(s) at a time · "
              f"elvis_nb {meta.get('version')}", '']
     if claims_md: lines += [claims_md, '']
-    if not meta.get('data_root'): lines += [SYNTH_CAVEAT, '']
+    if not meta.get('data_root'): lines += [SYNTH_CAVEAT + ' ' + renderer_note(meta), '']
     lines += ['## Our results', '', f"Rows `{RANDOM_INIT}` are the untrained reference (random initialisation). The "
               "tables show each experiment's headline numbers; every number of every step is in `results.json`.", '',
               results_tables(combined)]
@@ -486,13 +499,13 @@ def claims_figure(judged: list, root: Path) -> str:
 
 def reproduce(out_dir: str | Path, profile: str = 'quick', methods=METHOD_NAMES, tasks=tuple(TASKS), seeds=(0, 1, 2),
               data_root: str = '', device: str = 'auto', force: bool = False, random_baseline: bool = True,
-              jobs: int | None = None, log=print, fresh_kernels: bool = False, claims=None) -> dict:
+              jobs: int | None = None, log=print, fresh_kernels: bool = False, claims=None, renderer: str = 'cartoon') -> dict:
     "Pre-train and evaluate `methods` for each seed, then write `results.json`, `report.md` and `report.html` in `out_dir`."
     import elvis_nb
     root = Path(out_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if data_root and not Path(data_root).exists(): raise FileNotFoundError(f'data root {data_root!r} does not exist')
-    steps = plan_steps(profile, tuple(methods), tuple(tasks), tuple(seeds), data_root, device, root, random_baseline)
+    steps = plan_steps(profile, tuple(methods), tuple(tasks), tuple(seeds), data_root, device, root, random_baseline, renderer)
     claims, skipped = plan_claims(steps, claims)                       # a malformed claim fails here, before any step
     jobs = jobs or default_jobs(device)
     log(f'elvis_nb reproduce: {len(steps)} steps into {root}, {jobs} at a time')
@@ -501,7 +514,9 @@ def reproduce(out_dir: str | Path, profile: str = 'quick', methods=METHOD_NAMES,
         results = run_steps(steps, root, force, jobs, log=log, execute=execute)
     combined = combine_results(results)
     judged, skipped = judge_claims(claims, results, skipped)
+    used = sorted({r['renderer'] for r in results.values() if isinstance(r, dict) and r.get('renderer')})   # as the steps report
     meta = dict(profile=profile, methods=list(methods), tasks=list(tasks), seeds=list(seeds), data_root=data_root,
+                renderer=renderer, renderers_used=used,
                 device=results['environment'].get('device', device), version=elvis_nb.__version__, jobs=jobs)
     (root / 'results.json').write_text(json.dumps({'meta': meta, 'claims': [r.as_dict() for r in judged], 'claims_skipped': skipped,
                                                    'combined': combined, 'steps': results}, indent=1, default=str))

@@ -86,6 +86,7 @@ class TrainConfig:
     num_workers: int | None = None        # DataLoader workers; None: the profile's
     n_val: int | None = None              # validation pairs (SynthCXR); None: max(2·batch, n_pretrain // 8)
     synth_cache: bool = True              # keep rendered SynthCXR images on disk (elvis_nb.core.cache_dir) after epoch 1
+    renderer: str = 'cartoon'             # SynthCXR renderer: 'cartoon' or 'ct' (elvis_nb.data.synth.RENDERERS)
     method_options: dict = field(default_factory=dict)    # passed to build_method
     profile_overrides: dict = field(default_factory=dict)  # fields of the Profile to replace
 
@@ -127,8 +128,8 @@ def pretrain_datasets(cfg: TrainConfig, profile: Profile) -> tuple[Dataset, Data
         return (load_task_dataset('pretrain', 'train', profile, cfg.data_root, seed=cfg.seed),
                 load_task_dataset('pretrain', 'val', profile, cfg.data_root, seed=cfg.seed))
     from elvis_nb.data.synth import SynthPretrain
-    return (SynthPretrain('train', profile, cfg.seed, cache=cfg.synth_cache),
-            SynthPretrain('val', profile, cfg.seed, n=cfg.n_val, cache=cfg.synth_cache))
+    return (SynthPretrain('train', profile, cfg.seed, cache=cfg.synth_cache, renderer=cfg.renderer),
+            SynthPretrain('val', profile, cfg.seed, n=cfg.n_val, cache=cfg.synth_cache, renderer=cfg.renderer))
 
 def heldout_dataset(cfg: TrainConfig, profile: Profile) -> Dataset:
     "Held-out pairs, used neither for training nor validation: SynthCXR's test split, or the real set's."
@@ -136,7 +137,7 @@ def heldout_dataset(cfg: TrainConfig, profile: Profile) -> Dataset:
         from elvis_nb.data.real import load_task_dataset
         return load_task_dataset('pretrain', 'test', profile, cfg.data_root, seed=cfg.seed)
     from elvis_nb.data.synth import SynthPretrain
-    return SynthPretrain('test', profile, cfg.seed, n=profile.n_eval, cache=cfg.synth_cache)
+    return SynthPretrain('test', profile, cfg.seed, n=profile.n_eval, cache=cfg.synth_cache, renderer=cfg.renderer)
 
 def epoch_indices(n: int, epoch: int, seed: int, shuffle: bool = True) -> list[int]:
     "This rank's sample indices for `epoch`: a permutation seeded by (seed, epoch), split over ranks, equal lengths."

@@ -105,6 +105,9 @@ def test_report_style_option_and_fallback(book, monkeypatch):
     st, tp = make_study(0, 'pretrain/train', 3, 'indiana'), make_study(0, 'pretrain/train', 3)
     assert st.patient['ctr'] == tp.patient['ctr'] and [f.kind for f in st.findings] == [f.kind for f in tp.findings]
     check_report(st.findings, st.sentences, st.phrases)
+    from elvis_nb.data.synth import SynthPretrain, SynthSegmentation   # the data sets take the option too
+    assert SynthPretrain('train', 'smoke', report_style='indiana').study(3).text == st.text
+    assert SynthSegmentation('pneumonia', 'train', 'smoke', report_style='indiana').report_style == 'indiana'
     monkeypatch.setenv('ELVIS_NB_REPORT_STYLE', 'indiana')
     assert report_corpus(3) == report_corpus(3, report_style='indiana')
     with pytest.raises(ValueError, match="unknown report_style 'mimic'"): make_study(0, 'pretrain/train', 0, 'mimic')

@@ -106,3 +106,23 @@ def test_chexpert5_is_balanced_one_positive():
     five = [CHEXPERT_LABELS.index(c) for c in CHEXPERT_5]
     pos = np.stack([ds.study(i).labels[five] for i in range(50)])
     assert ((pos == 1).sum(1) == 1).all() and ((pos == 1).sum(0) == 10).all()
+
+
+def test_renderer_option_reaches_every_experiment_step_and_the_report():
+    "Every SynthCXR experiment takes `renderer` (last parameter); plan_steps puts it in every step (so in its fingerprint); the report names it."
+    from pathlib import Path
+    from elvis_nb.reproduce import TASKS as EXPERIMENTS, experiment_parameters, plan_steps, report_markdown
+    for e in ('pretrain', *EXPERIMENTS.values()):
+        params = experiment_parameters(e)
+        assert list(params)[-1] == 'renderer' and params['renderer'] == 'cartoon', e
+    cartoon, ct = (plan_steps('smoke', ('elvis',), ('retrieval',), renderer=r) for r in ('cartoon', 'ct'))
+    assert [s.params.get('renderer') for s in ct[1:]] == ['ct'] * (len(ct) - 1)
+    assert all(a.fingerprint() != b.fingerprint() for a, b in zip(cartoon[1:], ct[1:]))
+    with pytest.raises(ValueError, match="unknown renderer 'photo'"): plan_steps('smoke', renderer='photo')
+    meta = dict(profile='smoke', methods=['elvis'], seeds=[0], data_root='', renderer='ct')
+    assert 'renderer `ct`' in report_markdown({}, {}, Path('.'), {**meta, 'renderers_used': ['ct']}) and 'one real chest CT' in report_markdown({}, {}, Path('.'), meta)
+    from elvis_nb.cli import build_parser
+    assert build_parser().parse_args(['reproduce', '--renderer', 'ct']).renderer == 'ct'
+    assert build_parser().parse_args(['reproduce']).renderer == 'cartoon'
+    fell_back = report_markdown({}, {}, Path('.'), {**meta, 'renderers_used': ['cartoon']})
+    assert 'renderer `cartoon`' in fell_back and 'could not be fetched' in fell_back

