@@ -86,4 +86,5 @@ def test_smoke_step_from_warm_encoders(minilm, tmp_path):
     r = train(TrainConfig(method='elvis', profile='smoke', out_dir=str(tmp_path), max_steps=1, val_at_start=False,
                           progress=False, synth_cache=False, **warm_start_config('smoke')))
     assert r.steps == 1 and r.method.text_encoder.dim == 384
+    assert r.config['method_options']['image_weights'] == str(warm_image_dir('smoke'))
     assert all(torch.isfinite(torch.tensor(v)) for row in r.history for k, v in row.items() if k == 'loss')
