@@ -12,7 +12,7 @@ from pathlib import Path
 from .core import WheelUnavailable, get_profile
 from .reproduce import (SYNTH_CAVEAT, TASKS, Step, combine_results, default_jobs, experiment_parameters, judge_claims,
                                 kernel_threads, markdown_table, markdown_to_html, plan_claims, plan_steps, profile_options,
-                                run_experiment, run_steps, step_done, step_workers)
+                                run_experiment, run_steps, step_workers)
 
 # %% auto #0
 __all__ = ['AXES', 'GRIDS', 'WARM_KEYS', 'ABLATION_TASKS', 'COMPARATORS', 'SEG_TASKS', 'CHANGES', 'CHANGE_COLOURS',
@@ -134,10 +134,9 @@ def ablation_steps(profile: str, grid: dict[str, tuple], seeds=(0, 1, 2), data_r
     variants, skipped = plan_variants(grid, profile)
     common = dict(profile=profile, tasks=tuple(tasks), seeds=tuple(seeds), data_root=data_root, device=device, root=root, random_baseline=False)
     light = {'segmentation': dict(fractions=str(ablation_fraction(profile)))}
-    main, lighter = (plan_steps(methods=COMPARATORS, task_options=t, **common) for t in (None, light))
-    comparators = [m if step_done(m, root) else l for m, l in zip(main, lighter)]   # the main job's step where it is done
     rows = {r: ('elvis', v.options) for r, v in variants.items()}
-    return comparators + plan_steps(methods=(), variants=rows, task_options=light, **common)[1:], variants, skipped
+    return (plan_steps(methods=COMPARATORS, **common) + plan_steps(methods=(), variants=rows, task_options=light, **common)[1:],
+            variants, skipped)
 
 # %% ../nbs/61_ablate.ipynb #7cbb19a6
 SEG_TASKS = ('pneumonia', 'covid', 'pneumothorax')   # SynthCXR's stand-ins for RSNA, COVID Rural, SIIM
@@ -360,15 +359,11 @@ def grid_variants(grid: dict[str, tuple]) -> int:
     return sum(AXES[a].parse(v) != AXES[a].default for a, vs in grid.items() for v in vs)
 
 def grid_seconds(grid: dict[str, tuple], n_seeds: int, step_seconds: dict[str, float], reused: bool = False,
-                 speedup: float = 1.9, light_share: float = 0.4, tasks=ABLATION_TASKS) -> float:
+                 speedup: float = 1.9, tasks=ABLATION_TASKS) -> float:
     "Estimated wall seconds of an ablation from a main job's {step key: seconds}; `reused`: ELVIS's and GLoRIA's steps are done already."
     from collections import defaultdict
     per = defaultdict(list)
     for key, s in step_seconds.items():
         if key.count('/') == 2: per[tuple(key.split('/')[1:])].append(s)          # (method, experiment) → seconds per seed
-    mean = lambda m, e: sum(per[m, e]) / len(per[m, e])
-    evals = [TASKS[t] for t in tasks]
-    variant = mean('elvis', 'pretrain') + sum(mean('elvis', e) * (light_share if e == 'eval_segmentation' else 1) for e in evals)
-    comparators = 0 if reused else sum(mean(m, 'pretrain') + sum(mean(m, e) * (light_share if e == 'eval_segmentation' else 1)
-                                                                  for e in evals) for m in COMPARATORS)
-    return n_seeds * (grid_variants(grid) * variant + comparators) / speedup
+    row = lambda m: sum(sum(per[m, e]) / len(per[m, e]) for e in ('pretrain', *(TASKS[t] for t in tasks)))   # one seed of a row
+    return n_seeds * (grid_variants(grid) * row('elvis') + (0 if reused else sum(map(row, COMPARATORS)))) / speedup

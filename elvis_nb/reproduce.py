@@ -67,7 +67,7 @@ def plan_steps(profile: str = 'quick', methods=METHOD_NAMES, tasks=tuple(TASKS),
     common = dict(profile=profile, data_root=data_root, device=device)
     evals = lambda row, arch, seed, ckpt, after: [
         Step(TASKS[t], f'seed{seed}/{row}/{TASKS[t]}', dict(common, method=arch, seed=seed, checkpoint=ckpt,
-             **TASK_OPTIONS.get(profile, {}).get(t, {}), **(task_options or {}).get(t, {})), after) for t in tasks]
+             **{**TASK_OPTIONS.get(profile, {}).get(t, {}), **(task_options or {}).get(t, {})}), after) for t in tasks]
     steps = [Step('environment', 'environment', dict(profile=profile, device=device, seed=seeds[0]))]
     for seed in seeds:
         for row, (method, options) in {**{m: (m, {}) for m in methods}, **variants}.items():
