@@ -181,8 +181,10 @@ def axis_changes(effects: list[dict], grid: dict[str, tuple]) -> dict[str, dict[
             out.setdefault(axis, {})[metric] = 'yes' if seen & {'higher', 'lower'} else 'n/a' if seen == {'no interval'} else 'no'
     return out
 
-# %% ../nbs/61_ablate.ipynb #182e1e68
+# %% ../nbs/61_ablate.ipynb #ed7cb11e
 def _ci(e: dict) -> str:
+    "effect [lo, hi] of one record; 'n/a (what was left out)' without an effect."
+    if not math.isfinite(e['effect']): return 'n/a (' + (', '.join(f'{n} {why}' for why, n in e.get('excluded', {}).items()) or 'no value') + ')'
     return f"{e['effect']:+.3f}" + (f" [{e['lo']:+.3f}, {e['hi']:+.3f}]" if math.isfinite(e['lo']) else ' (no interval)')
 
 def axis_summary(effects: list[dict], grid: dict[str, tuple], skipped: dict[str, str], n_seeds: int) -> list[str]:
