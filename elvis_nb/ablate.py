@@ -12,7 +12,8 @@ from pathlib import Path
 from .core import WheelUnavailable, get_profile
 from .reproduce import (SYNTH_CAVEAT, TASKS, Step, combine_results, default_jobs, experiment_parameters, judge_claims,
                                 kernel_threads, markdown_table, markdown_to_html, plan_claims, plan_steps, profile_options,
-                                run_experiment, run_steps, step_workers)
+                                run_steps, step_workers)
+from .runner import run_experiment
 
 # %% auto #0
 __all__ = ['AXES', 'GRIDS', 'WARM_KEYS', 'ABLATION_TASKS', 'COMPARATORS', 'SEG_TASKS', 'CHANGES', 'CHANGE_COLOURS',
