@@ -10,17 +10,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .core import WheelUnavailable, get_profile
+from .eval.claims import SEG_TASKS_CLAIMED
 from .reproduce import (SYNTH_CAVEAT, TASKS, Step, combine_results, default_jobs, experiment_parameters, judge_claims,
                                 kernel_threads, markdown_table, markdown_to_html, plan_claims, plan_steps, profile_options,
                                 run_steps, step_workers)
 from .runner import run_experiment
 
 # %% auto #0
-__all__ = ['AXES', 'GRIDS', 'WARM_KEYS', 'ABLATION_TASKS', 'COMPARATORS', 'SEG_TASKS', 'CHANGES', 'CHANGE_COLOURS',
-           'TARGET_COLUMNS', 'MARKS', 'Axis', 'variant_row', 'parse_axes', 'init_options', 'variant_options', 'Variant',
-           'plan_variants', 'ablation_fraction', 'ablation_steps', 'ablation_metrics', 'ablation_claims', 'change',
-           'effect_rows', 'axis_changes', 'axis_summary', 'plot_axis', 'target_dynamics', 'plot_target_dynamics',
-           'effects_table', 'axes_table', 'ablation_markdown', 'ablate', 'grid_variants', 'grid_seconds']
+__all__ = ['AXES', 'GRIDS', 'WARM_KEYS', 'ABLATION_TASKS', 'COMPARATORS', 'CHANGES', 'CHANGE_COLOURS', 'TARGET_COLUMNS', 'MARKS',
+           'Axis', 'variant_row', 'parse_axes', 'init_options', 'variant_options', 'Variant', 'plan_variants',
+           'ablation_fraction', 'ablation_steps', 'ablation_metrics', 'ablation_claims', 'change', 'effect_rows',
+           'axis_changes', 'axis_summary', 'plot_axis', 'target_dynamics', 'plot_target_dynamics', 'effects_table',
+           'axes_table', 'ablation_markdown', 'ablate', 'grid_variants', 'grid_seconds']
 
 # %% ../nbs/61_ablate.ipynb #0d0a7223
 @dataclass(frozen=True)
@@ -139,13 +140,11 @@ def ablation_steps(profile: str, grid: dict[str, tuple], seeds=(0, 1, 2), data_r
     return (plan_steps(methods=COMPARATORS, **common) + plan_steps(methods=(), variants=rows, task_options=light, **common)[1:],
             variants, skipped)
 
-# %% ../nbs/61_ablate.ipynb #7cbb19a6
-SEG_TASKS = ('pneumonia', 'covid', 'pneumothorax')   # SynthCXR's stand-ins for RSNA, COVID Rural, SIIM
-
+# %% ../nbs/61_ablate.ipynb #6cc629be
 def ablation_metrics(fraction: float) -> list[tuple]:
     "(label, experiment, flattened key, per-item key, task) of each metric a variant is compared on."
     return ([('grounding CNR', 'eval_grounding', 'cnr', 'items.cnr', None)]
-            + [(f'{t} Dice, {fraction:.0%}', 'eval_segmentation', f'table.{t}.frozen.{fraction}', None, t) for t in SEG_TASKS]
+            + [(f'{t} Dice, {fraction:.0%}', 'eval_segmentation', f'table.{t}.frozen.{fraction}', None, t) for t in SEG_TASKS_CLAIMED]
             + [('image ρ(y_l, z_l)', 'eval_locality', 'results.*.image_y_vs_z.spearman.mean', None, None)])
 
 def ablation_claims(rows: list[str], fraction: float, tasks=ABLATION_TASKS) -> list:
