@@ -12,6 +12,7 @@ from .core import PROFILES, repo_root
 from .runner import experiment_path, notebook_parameters, run_experiment
 from .core import METHOD_NAMES
 from .reproduce import TASKS, reproduce
+from .ablate import ABLATION_TASKS, AXES, GRIDS, ablate, parse_axes
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'parse_value', 'build_parser', 'torchrun_command', 'main', 'command']
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = add('reproduce', help='pre-train every method, run every evaluation, write a report')
     rep.add_argument('--out', default='runs/quick', help='output folder: steps, results.json, report.html')
     rep.add_argument('--profile', default='quick', choices=sorted(PROFILES))
-    rep.add_argument('--methods', nargs='+', default=list(METHOD_NAMES), help=f'subset of {list(METHOD_NAMES)} (or elvis_* ablations)')
+    rep.add_argument('--methods', nargs='+', default=list(METHOD_NAMES), help=f'subset of {list(METHOD_NAMES)} (ELVIS variants: elvis-nb ablate)')
     rep.add_argument('--tasks', nargs='+', default=list(TASKS), choices=list(TASKS), metavar='TASK',
                      help=f'subset of {list(TASKS)}')
     rep.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2], help='seeds: every number is mean ± 95 %% interval over them')
@@ -52,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument('--force', action='store_true', help='re-run steps that already finished')
     rep.add_argument('--no-random-baseline', action='store_true', help='skip the random-initialisation reference row')
     rep.add_argument('--jobs', type=int, default=None, help='steps at once (default: 1 on a GPU, else one per CPU core, up to 4)')
+    abl = add('ablate', help='pre-train and evaluate a grid of ELVIS variants beside ELVIS and GLoRIA, write its report')
+    abl.add_argument('--out', default='runs/ablate', help='output folder (a reproduce folder: its ELVIS and GLoRIA steps are reused)')
+    abl.add_argument('--profile', default='quick', choices=sorted(PROFILES))
+    abl.add_argument('--grid', default='default', choices=list(GRIDS), help='named grid of axes and values (small: 20 min at quick)')
+    abl.add_argument('--axes', nargs='+', default=None, metavar='AXIS[=V1,V2]',
+                     help=f'axes instead of --grid, each with its grid values or the values given: {list(AXES)}')
+    abl.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2], help='seeds: every effect is paired over them')
+    abl.add_argument('--tasks', nargs='+', default=list(ABLATION_TASKS), choices=list(ABLATION_TASKS), metavar='TASK',
+                     help=f'subset of {list(ABLATION_TASKS)}')
+    abl.add_argument('--data-root', default='', help='real data root (default: SynthCXR)')
+    abl.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
+    abl.add_argument('--force', action='store_true', help='re-run steps that already finished')
+    abl.add_argument('--jobs', type=int, default=None, help='steps at once (default: 1 on a GPU, else one per CPU core, up to 4)')
     pre = add('pretrain', help='pre-train one method (the pretrain experiment; torchrun when several processes)')
     pre.add_argument('--method', default='elvis', help="'convirt', 'gloria', 'elvis' or an ablation (elvis_onehot, ...)")
     pre.add_argument('--profile', default='quick', choices=sorted(PROFILES))
@@ -107,6 +121,9 @@ def command(args: argparse.Namespace) -> int:
     elif args.command == 'reproduce':
         reproduce(args.out, args.profile, args.methods, args.tasks, args.seeds, args.data_root, args.device,
                   args.force, random_baseline=not args.no_random_baseline, jobs=args.jobs, renderer=args.renderer)
+    elif args.command == 'ablate':
+        ablate(args.out, args.profile, parse_axes(args.axes) if args.axes else GRIDS[args.grid], args.seeds, args.data_root,
+               args.device, args.force, args.jobs, tasks=args.tasks)
     elif args.command == 'pretrain':
         if args.data_root and not Path(args.data_root).exists(): raise FileNotFoundError(f'data root {args.data_root!r} does not exist')
         options = {k: parse_value(v) for k, v in args.option}

@@ -52,28 +52,32 @@ class Step:
 
 # %% ../nbs/60_reproduce.ipynb #2bb5bb77
 def plan_steps(profile: str = 'quick', methods=METHOD_NAMES, tasks=tuple(TASKS), seeds=(0,), data_root: str = '',
-               device: str = 'auto', root: Path = Path('.'), random_baseline: bool = True, renderer: str = 'cartoon') -> list[Step]:
-    "The ordered steps of a reproduction: per seed, each method's pre-training then its evaluations."
-    unknown = [m for m in methods if m not in METHOD_NAMES and not m.startswith('elvis_')]
-    if unknown: raise ValueError(f"unknown method(s) {unknown}: choose from {list(METHOD_NAMES)} (or an 'elvis_*' ablation)")
+               device: str = 'auto', root: Path = Path('.'), random_baseline: bool = True, renderer: str = 'cartoon',
+               variants: dict[str, tuple[str, dict]] | None = None,  # {row: (method, pretrain `options`)}, e.g. an ELVIS variant
+               task_options: dict[str, dict] | None = None,           # {task: parameters} over TASK_OPTIONS, for every row
+               ) -> list[Step]:
+    "The ordered steps of a reproduction: per seed, each method's (and variant's) pre-training then its evaluations."
+    variants = dict(variants or {})
+    unknown = [m for m in (*methods, *(m for m, _ in variants.values())) if m not in METHOD_NAMES]
+    if unknown: raise ValueError(f"unknown method(s) {unknown}: choose from {list(METHOD_NAMES)} (a method trained with other "
+                                 "options is a variant row: `variants`, as `elvis-nb ablate` plans them)")
+    if clash := sorted(set(variants) & {*METHOD_NAMES, RANDOM_INIT}): raise ValueError(f"variant row(s) {clash} would overwrite a method's row")
     bad = [t for t in tasks if t not in TASKS]
     if bad: raise ValueError(f"unknown task(s) {bad}: choose from {list(TASKS)}")
     get_profile(profile)
     from elvis_nb.data.synth import RENDERERS         # here, not at the top: the data layer imports torch
     if renderer not in RENDERERS: raise ValueError(f"unknown renderer {renderer!r}: choose one of {RENDERERS}")
     common = dict(profile=profile, data_root=data_root, device=device, renderer=renderer)   # in every step's fingerprint
+    evals = lambda row, arch, seed, ckpt, after: [
+        Step(TASKS[t], f'seed{seed}/{row}/{TASKS[t]}', dict(common, method=arch, seed=seed, checkpoint=ckpt,
+             **{**TASK_OPTIONS.get(profile, {}).get(t, {}), **(task_options or {}).get(t, {})}), after) for t in tasks]
     steps = [Step('environment', 'environment', dict(profile=profile, device=device, seed=seeds[0]))]
     for seed in seeds:
-        rows = [(m, True) for m in methods] + ([(RANDOM_INIT, False)] if random_baseline else [])
-        for method, pretrained in rows:
-            arch = method if pretrained else methods[-1]
-            if pretrained:
-                steps.append(Step('pretrain', f'seed{seed}/{method}/pretrain', dict(common, method=method, seed=seed)))
-            pre = f'seed{seed}/{method}/pretrain'
-            ckpt, after = (str(Path(root) / pre / 'model'), (pre,)) if pretrained else ('', ())
-            steps += [Step(TASKS[t], f'seed{seed}/{method}/{TASKS[t]}', dict(common, method=arch, seed=seed, checkpoint=ckpt,
-                                                                             **TASK_OPTIONS.get(profile, {}).get(t, {})), after)
-                      for t in tasks]
+        for row, (method, options) in {**{m: (m, {}) for m in methods}, **variants}.items():
+            pre = f'seed{seed}/{row}/pretrain'          # no `options` parameter without options: a method's step is unchanged
+            steps.append(Step('pretrain', pre, dict(common, method=method, seed=seed, **({'options': options} if options else {}))))
+            steps += evals(row, method, seed, str(Path(root) / pre / 'model'), (pre,))
+        if random_baseline: steps += evals(RANDOM_INIT, methods[-1], seed, '', ())
     return steps
 
 # %% ../nbs/60_reproduce.ipynb #9c616238
