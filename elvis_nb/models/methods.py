@@ -301,7 +301,9 @@ def build_method(name: str, profile: str | Profile = 'smoke', **options) -> Meth
 
 # %% ../../nbs/32_models.methods.ipynb #6cf6ee28
 CHECKPOINT_FORMAT = 'elvis_nb-method-1'
-PROFILE_MODEL_FIELDS = ('image_size', 'image_encoder', 'local_stage', 'text_encoder', 'max_tokens', 'embed_dim')
+PROFILE_MODEL_FIELDS = ('image_size', 'image_encoder', 'local_stage', 'max_tokens', 'embed_dim')  # what a profile's data and
+# evaluations depend on; not the text encoder's name: a checkpoint holds its own BERT and tokenizer, and a warm start
+# (chapter 33: `text_encoder='minilm'`) trains the same profile from another pre-trained one
 
 def model_card(meta: dict, card: dict | None = None) -> str:
     "The README.md of a checkpoint folder from its config and the trainer's `card` fields."
