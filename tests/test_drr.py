@@ -8,6 +8,8 @@ gives the cartoon's keys and shapes, and without the CT it falls back to the car
 """
 import hashlib
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -190,3 +192,15 @@ def test_without_the_ct_the_cartoon_is_used_with_one_message(monkeypatch):
     assert len([w for w in said if 'cartoon' in str(w.message)]) == 1 and 'no registry here' in str(said[0].message)
     assert [s.renderer for s in sets] == ['cartoon'] * 3 and sets[0][0]['image'].shape == (1, 64, 64)
     with pytest.raises(ValueError, match="unknown renderer 'photo'"): synth.SynthPretrain('test', 'smoke', renderer='photo')
+
+
+def test_concurrent_fetches_share_one_complete_folder(tmp_path):
+    "Two processes fetching at once (the main job's warm workers) both get the whole folder, never a half-written one."
+    code = ("import sys; from pathlib import Path; from elvis_nb.data.drr import fetch_ct, DRR_FILES\n"
+            "d = fetch_ct(Path(sys.argv[1])); assert all((d / f).stat().st_size > 0 for f in DRR_FILES); print(d)")
+    procs = [subprocess.Popen([sys.executable, '-c', code, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    if any('could not download' in err for _, err in outs): pytest.skip('pip cannot reach a registry here')
+    assert [p.returncode for p in procs] == [0, 0], [err[-800:] for _, err in outs]
+    assert outs[0][0] == outs[1][0] and not [p for p in tmp_path.iterdir() if p.name.startswith('.')]   # no staging left
