@@ -22,7 +22,7 @@ __all__ = ['ZONES', 'KINDS', 'KIND_LABEL', 'MM_PER_UNIT', 'GROUND_GLASS_FIELD', 
            'zone_region', 'Finding', 'sample_finding', 'part_shape', 'mask_box', 'render', 'Sentence', 'write_report',
            'aggregate_labels', 'Study', 'report_writer', 'make_study', 'report_corpus', 'resolve_renderer',
            'render_with', 'render_tag', 'SynthDataset', 'SynthPretrain', 'SynthClassification', 'SynthSegmentation',
-           'SynthGrounding', 'mimic_report', 'export_layouts', 'plot_study', 'plot_gallery']
+           'SynthGrounding', 'mimic_report', 'export_layouts', 'plot_study', 'plot_gallery', 'toy_region_features']
 
 # %% ../../nbs/10_data.synth.ipynb #6bc6b722
 def study_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
@@ -790,3 +790,20 @@ def plot_gallery(studies: list, size: int = 256, cols: int = 4, renderer: str = 
     for ax in axs.flat[len(studies):]: ax.axis('off')
     fig.tight_layout()
     return fig
+
+# %% ../../nbs/10_data.synth.ipynb #toy10fn
+def toy_region_features(grid: tuple[int, int] = (19, 19),  # (h, w) region grid
+                        dim: int = 64,  # feature width D_y
+                        noise: float = 0.5,  # noise scale relative to the prototypes
+                        seed: int = 0,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:  # feats [h·w, D_y], segment label [h·w]
+    "A toy post-ReLU region feature map: background, left lung, right lung and heart, each with a prototype."
+    g = torch.Generator().manual_seed(seed)
+    h, w = grid
+    r, c = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing='ij')
+    lung = ((c.abs() - .45) / .3) ** 2 + (r / .75) ** 2 < 1                 # two ellipses
+    heart = ((c + .1) / .3) ** 2 + ((r - .35) / .3) ** 2 < 1
+    label = torch.where(heart, 3, torch.where(lung & (c < 0), 1, torch.where(lung, 2, 0))).flatten()
+    protos = torch.randn(4, dim, generator=g)
+    feats = torch.relu(protos[label] + noise * torch.randn(h * w, dim, generator=g))
+    return feats, label

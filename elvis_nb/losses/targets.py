@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .ops import at_least_float32, cosine_matrix, masked_log_softmax
 
 # %% auto #0
-__all__ = ['masked_mean', 'intra_modal_targets', 'target_entropy', 'target_diagonal_mass', 'toy_region_features']
+__all__ = ['masked_mean', 'intra_modal_targets', 'target_entropy', 'target_diagonal_mass']
 
 # %% ../../nbs/22_losses.targets.ipynb #4a4a85ef
 def masked_mean(values: torch.Tensor,  # [B, N] one number per local element
@@ -55,20 +55,3 @@ def target_diagonal_mass(q: torch.Tensor,  # [B, N, N]
                         ) -> torch.Tensor:  # scalar in [0, 1]
     "Mean probability q_ii that a valid row keeps on itself."
     return masked_mean(q.diagonal(dim1=-2, dim2=-1), mask)
-
-# %% ../../nbs/22_losses.targets.ipynb #b7d9694e
-def toy_region_features(grid: tuple[int, int] = (19, 19),  # (h, w) region grid
-                        dim: int = 64,  # feature width D_y
-                        noise: float = 0.5,  # noise scale relative to the prototypes
-                        seed: int = 0,
-                       ) -> tuple[torch.Tensor, torch.Tensor]:  # feats [h·w, D_y], segment label [h·w]
-    "A toy post-ReLU region feature map: background, left lung, right lung and heart, each with a prototype."
-    g = torch.Generator().manual_seed(seed)
-    h, w = grid
-    r, c = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing='ij')
-    lung = ((c.abs() - .45) / .3) ** 2 + (r / .75) ** 2 < 1                 # two ellipses
-    heart = ((c + .1) / .3) ** 2 + ((r - .35) / .3) ** 2 < 1
-    label = torch.where(heart, 3, torch.where(lung & (c < 0), 1, torch.where(lung, 2, 0))).flatten()
-    protos = torch.randn(4, dim, generator=g)
-    feats = torch.relu(protos[label] + noise * torch.randn(h * w, dim, generator=g))
-    return feats, label
