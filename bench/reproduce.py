@@ -16,9 +16,9 @@ def main(profile: str = 'quick', seeds=(0, 1, 2), jobs: int | None = None, metho
     methods, tasks = tuple(methods or METHODS), tuple(tasks or TASKS)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ['ELVIS_NB_CACHE'] = str(Path(tmp) / 'cache')          # no rendered images from earlier runs
-        from elvis_nb.reproduce import default_jobs, reproduce
+        from elvis_nb.reproduce import THREAD_VARIABLES, default_jobs, reproduce
         run = Path(keep) if keep else Path(tmp) / 'run'                  # --keep DIR: the run (report, figures) stays
-        t0 = time.time()
+        t0, load_before = time.time(), os.getloadavg()[0]
         reproduce(run, profile=profile, seeds=seeds, jobs=jobs, methods=methods, tasks=tasks)
         total = time.time() - t0
         results = json.loads((run / 'results.json').read_text())
@@ -26,10 +26,22 @@ def main(profile: str = 'quick', seeds=(0, 1, 2), jobs: int | None = None, metho
             'target_seconds': 20 * 60 if profile == 'quick' else None,
             'subset': None if (methods, tasks) == (tuple(METHODS), tuple(TASKS)) else {'methods': list(methods), 'tasks': list(tasks)},
             'step_seconds': {k: r.get('wall_seconds') for k, r in results['steps'].items()},
+            'experiment_seconds': experiment_seconds(results['steps']),
             'claims': [{'name': c['name'], 'verdict': c['verdict'], 'effect': c['effect'], 'lo': c['lo'], 'hi': c['hi'],
                         'n_seeds': c['n_seeds']} for c in results['claims']],
             'claims_skipped': results['claims_skipped'],
-            'python': platform.python_version(), 'cpu_count': os.cpu_count(), 'load_average_1min_after': os.getloadavg()[0]}
+            'python': platform.python_version(), 'cpu_count': os.cpu_count(), 'load_average_1min_before': load_before,
+            'load_average_1min_after': os.getloadavg()[0],
+            'thread_variables_set_by_user': {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ}}
+
+
+def experiment_seconds(steps: dict) -> dict:
+    "Summed step seconds per experiment (the notebook of each step key `seed/row/experiment`), largest first."
+    total = {}
+    for key, r in steps.items():
+        name = key.split('/')[-1]
+        total[name] = round(total.get(name, 0) + (r.get('wall_seconds') or 0), 1)
+    return dict(sorted(total.items(), key=lambda kv: -kv[1]))
 
 
 if __name__ == '__main__':

@@ -15,12 +15,12 @@ from .runner import experiment_path, run_experiment
 
 # %% auto #0
 __all__ = ['TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'RENDERER_NOTE', 'HEADLINES', 'SIDE_BY_SIDE',
-           'CITATIONS', 'CONFIDENCE', 'SYNTH_STANDS_FOR', 'Step', 'plan_steps', 'step_done', 'run_step', 'next_ready',
-           'run_steps', 'step_workers', 'flatten_numbers', 'mean_std', 'combine_results', 'renderer_note',
-           'headline_columns', 'results_tables', 'step_figures', 'side_by_side', 'report_markdown', 'markdown_to_html',
-           'markdown_table', 'our_key', 'papers_markdown', 'experiment_parameters', 'profile_options', 'plan_claims',
-           'claim_values', 'judge_claims', 'claims_summary', 'claims_markdown', 'default_jobs', 'kernel_threads',
-           'claims_figure', 'reproduce']
+           'CITATIONS', 'CONFIDENCE', 'SYNTH_STANDS_FOR', 'THREAD_VARIABLES', 'Step', 'plan_steps', 'step_done',
+           'run_step', 'next_ready', 'run_steps', 'step_workers', 'flatten_numbers', 'mean_std', 'combine_results',
+           'renderer_note', 'headline_columns', 'results_tables', 'step_figures', 'side_by_side', 'report_markdown',
+           'markdown_to_html', 'markdown_table', 'our_key', 'papers_markdown', 'experiment_parameters',
+           'profile_options', 'plan_claims', 'claim_values', 'judge_claims', 'claims_summary', 'claims_markdown',
+           'default_jobs', 'kernel_threads', 'claims_figure', 'reproduce']
 
 # %% ../nbs/60_reproduce.ipynb #eff22b29
 TASKS = {  # task name → experiment notebook
@@ -300,12 +300,12 @@ def report_markdown(combined: dict, figures: dict[str, list[Path]], root: Path, 
     return '\n'.join(lines) + '\n'
 
 def markdown_to_html(md: str, root: Path, title: str = 'elvis_nb report') -> str:
-    "Standalone HTML for the report: Markdown rendered by mistune, PNG figures embedded as data URIs."
+    "Standalone HTML for the report: Markdown rendered by mistune, then its PNG figures embedded as data URIs."
     import mistune
-    def embed(m):
-        p = Path(root) / m.group(2)
-        return f'![{m.group(1)}](data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()})' if p.exists() else m.group(0)
-    body = mistune.html(re.sub(r'!\[([^\]]*)\]\(([^)]+\.png)\)', embed, md))
+    def embed(m):   # after rendering: mistune parsing megabytes of base64 took 24 s for the three-seed `quick` report
+        p = Path(root) / m.group(1)
+        return f'<img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"' if p.exists() else m.group(0)
+    body = re.sub(r'<img src="([^"]+\.png)"', embed, mistune.html(md))
     style = ('body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}table{border-collapse:collapse;'
              'font-size:90%}td,th{border:1px solid #ccc;padding:3px 8px}img{max-width:100%}')
     return f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head><body>{body}</body></html>'
@@ -484,10 +484,12 @@ def default_jobs(device: str = 'auto') -> int:
     "Steps at once: 1 on a GPU (one device, one run), else one per CPU core up to 4 (the plan rarely has more ready)."
     return 1 if resolve_device(device).type == 'cuda' else max(1, min(4, os.cpu_count() or 1))
 
+THREAD_VARIABLES = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA_NUM_THREADS')   # torch's, MKL's and numba's (UMAP's) pools
+
 @contextmanager
 def kernel_threads(n: int):
-    "Kernels started inside get `n` math threads (OMP_NUM_THREADS, MKL_NUM_THREADS) unless the user has set them."
-    keys = [k for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS') if k not in os.environ]
+    "Kernels and workers started inside get `n` math threads (`THREAD_VARIABLES`) unless the user has set them."
+    keys = [k for k in THREAD_VARIABLES if k not in os.environ]
     os.environ.update({k: str(n) for k in keys})
     try: yield
     finally:

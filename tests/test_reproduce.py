@@ -1,12 +1,12 @@
 """The main job end to end under `smoke` with two seeds: every method, every evaluation, the claims judged over the
 seeds, a report that opens with the generated summary and the claims table; and resuming skips finished steps."""
-import json
+import json, os, subprocess, sys
 
 import pytest
 
 from elvis_nb.eval.claims import VERDICTS
 from elvis_nb.core import METHOD_NAMES as METHODS
-from elvis_nb.reproduce import TASKS, reproduce
+from elvis_nb.reproduce import TASKS, THREAD_VARIABLES, kernel_threads, reproduce
 
 SEEDS = (0, 1)
 
@@ -69,3 +69,15 @@ def test_rerun_resumes(run):
     skipped = [l for l in log if 'already done, skipped' in l]
     assert len(skipped) == 1 + len(SEEDS) * (len(METHODS) * (1 + len(TASKS)) + len(TASKS))
     assert json.dumps(again, sort_keys=True) == json.dumps(combined, sort_keys=True)   # NaN == NaN as text
+
+
+def test_numba_keeps_the_workers_thread_count():
+    "UMAP's numba pool, started in a worker, must not raise torch's threads above the worker's share (2×2 threads on 2 cores ran 3–6× slower)."
+    saved = {k: os.environ.pop(k) for k in THREAD_VARIABLES if k in os.environ}   # as a user who set none of them
+    try:
+        with kernel_threads(1): env = dict(os.environ)
+    finally: os.environ.update(saved)
+    assert {env[k] for k in THREAD_VARIABLES} == {'1'}
+    code = 'import torch, numba; numba.get_num_threads(); print(torch.get_num_threads(), numba.get_num_threads())'
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ['1', '1'], out

@@ -18,17 +18,17 @@ from ..data.synth import MSCXR_CATEGORIES, SEG_TASKS, SynthClassification
 from ..data.transforms import map_to_original
 from ..models.methods import build_method
 from .retrieval import global_similarity, precision_at_k, relevance, retrieval_split
-from .transfer import ImageClassifier, accuracy, auroc, fit_classifier, targets_from_labels
+from .transfer import ImageClassifier, accuracy, auroc, fit_classifier, materialise, targets_from_labels
 from .segmentation import SEGMENTATION_PROFILES, SegmentationConfig, dice_per_image, evaluate_segmentation, segmentation_datasets
 from .grounding import cnr, grounding_dataset, miou, peak_in_region, phrase_region
 
 # %% auto #0
 __all__ = ['REF_COLUMNS', 'FRACTIONS', 'CONVIRT_REF', 'GLORIA_REF', 'ELVIS_REF', 'LOVT_REF', 'MGCA_REF', 'BIOVIL_REF',
            'SUPERVISED_REFERENCE_PATH', 'SYNTH_TASK_PROTOCOL', 'SYNTH_ENTRY_PROTOCOL', 'REFERENCE_METHODS',
-           'reference_table', 'rows_from_results', 'segmentation_chance', 'SupervisedRecipe', 'materialise',
-           'random_method', 'random_frozen_dice', 'segmentation_reference', 'retrieval_reference',
-           'classification_reference', 'GroundingReadout', 'box_coverage', 'class_mean_scores', 'grounding_reference',
-           'supervised_reference', 'synth_reference_rows', 'synth_reference_table', 'comparison_table']
+           'reference_table', 'rows_from_results', 'segmentation_chance', 'SupervisedRecipe', 'random_method',
+           'random_frozen_dice', 'segmentation_reference', 'retrieval_reference', 'classification_reference',
+           'GroundingReadout', 'box_coverage', 'class_mean_scores', 'grounding_reference', 'supervised_reference',
+           'synth_reference_rows', 'synth_reference_table', 'comparison_table']
 
 # %% ../../nbs/56_eval.reference.ipynb #9cea4a0a
 REF_COLUMNS = ('protocol', 'dataset', 'metric', 'setting', 'method', 'value', 'reported', 'paper', 'table', 'tag',
@@ -177,10 +177,6 @@ class SupervisedRecipe:
     grounding_lr: float = 1e-3     # Adam
     seg_batch_size: int = 8        # GLoRIA and LoVT: 8 (classification uses the profile's batch size, as eval_transfer)
     grounding_batch_size: int = 16 # phrases per step of the grounding readout
-
-def materialise(dataset) -> list[dict]:
-    "Every item of `dataset`, rendered once, in a list."
-    return [dataset[i] for i in range(len(dataset))]
 
 def random_method(profile: str | Profile, seed: int = 0) -> nn.Module:
     "A randomly initialised method at `profile`, seeded; its `image_encoder` is the one every method shares there."

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Subset
 __all__ = ['UNCERTAIN_POLICIES', 'FEATURES', 'FIT_STATUSES', 'RERUN_SEED_OFFSET', 'TRANSFER_MODES', 'TRANSFER_METRICS',
            'TRANSFER_PROFILES', 'auroc', 'summarise_auroc', 'accuracy', 'label_fraction', 'targets_from_labels',
            'image_features', 'ImageClassifier', 'constant_classes', 'fit_health', 'with_rerun', 'masked_bce',
-           'encode_features', 'fit_classifier', 'evaluate_transfer', 'plot_transfer']
+           'materialise', 'encode_features', 'fit_classifier', 'evaluate_transfer', 'plot_transfer']
 
 # %% ../../nbs/52_eval.transfer.ipynb #cfa17839
 def auroc(scores: torch.Tensor,          # [N, C] (or [N]) classifier scores, higher = more likely positive
@@ -174,6 +174,13 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor)
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction='none')
     return (loss * valid).sum() / valid.sum().clamp(min=1)
 
+def materialise(dataset, max_gib: float | None = None):
+    "Every item of `dataset` read once into a list, if its images fit in `max_gib` GiB (None: always); else `dataset` itself."
+    if max_gib is not None and len(dataset):
+        image = dataset[0]['image']
+        if image.numel() * image.element_size() * len(dataset) > max_gib * 2**30: return dataset
+    return [dataset[i] for i in range(len(dataset))]
+
 def _images_labels(items: list[dict]):
     return torch.stack([it['image'] for it in items]), torch.stack([it['labels'] for it in items])
 
@@ -210,13 +217,13 @@ def fit_classifier(model: ImageClassifier, train, val, columns, max_epochs: int 
     model.to(device)
     opt = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    def val_auroc() -> float:
-        model.eval(); logits, labels = _predict(forward, val, batch_size, device)
+    def val_auroc() -> float:   # train()/eval() on what trains: a probe's head, not the encoder it never runs
+        trained.eval(); logits, labels = _predict(forward, val, batch_size, device)
         return auroc(logits, *targets_from_labels(labels, columns, uncertain)).nanmean().item()
     best = val_auroc() if keep_initial else -math.inf
     best_state, best_epoch, history, waited = copy.deepcopy(trained.state_dict()), -1, [], 0
     for epoch in range(max_epochs):
-        model.train(); losses = []
+        trained.train(); losses = []
         for x, y in _batches(train, batch_size, torch.randperm(_size(train), generator=gen)):
             t, v = targets_from_labels(y, columns, uncertain)
             loss = masked_bce(forward(x.to(device)), t.to(device), v.to(device))
@@ -243,11 +250,13 @@ def _score(logits, labels, columns, class_names, uncertain) -> dict:
 def evaluate_transfer(method, train_set, val_set, test_set, columns, class_names=None, modes=TRANSFER_MODES,
                       fractions=(0.01, 0.1, 1.0), probe_epochs: int = 200, finetune_epochs: int = 10, probe_patience: int = 20,
                       finetune_patience: int = 3, probe_lr: float = 1e-2, finetune_lr: float = 1e-4, feature: str = 'global_feats',
-                      uncertain: str = 'ignore', batch_size: int = 32, seed: int = 0, min_drop: float = 0.05, device='cpu') -> dict:
+                      uncertain: str = 'ignore', batch_size: int = 32, seed: int = 0, min_drop: float = 0.05, device='cpu',
+                      cache_gib: float = 2.0) -> dict:   # hold the three sets' items in memory if their images fit (0: never)
     "{mode: {'<fraction>': cell}} for mode in `modes`: AUROC and accuracy of the probe and of LP-FT fine-tuning per fraction."
     bad = [m for m in modes if m not in TRANSFER_MODES]
     if bad: raise ValueError(f"modes must be among {TRANSFER_MODES}, got {bad}")
     class_names = list(class_names) if class_names is not None else [str(c) for c in columns]
+    train_set, val_set, test_set = (materialise(d, cache_gib) for d in (train_set, val_set, test_set))   # read once
     torch.manual_seed(seed)
     frozen = ImageClassifier(copy.deepcopy(method), len(columns), feature, freeze=True).to(device)
     pool, val, test = (encode_features(frozen, d, batch_size, device) for d in (train_set, val_set, test_set))

@@ -116,9 +116,9 @@ class ImageEncoder(nn.Module):
         self.global_dim = backbone.config.hidden_sizes[-1]               # d_g
 
     def stage_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        "The stem's and the four stages' maps, [B, C_s, H_s, W_s] each (for U-Nets and probes)."
-        out = self.backbone(normalise_images(images, self.input_size), output_hidden_states=True)
-        return out.hidden_states
+        "The stem's and the four stages' maps, [B, C_s, H_s, W_s] each (for U-Nets and probes), stored channels-last."
+        x = normalise_images(images, self.input_size).contiguous(memory_format=torch.channels_last)   # see below
+        return self.backbone(x, output_hidden_states=True).hidden_states
 
     def forward(self, images: torch.Tensor) -> ImageFeatures:
         maps = self.stage_maps(images)
