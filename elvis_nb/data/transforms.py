@@ -147,6 +147,7 @@ def plot_geometry(img: np.ndarray, box, size: int = 64, resize: int | None = Non
     "Original with a box | padded input | cropped input | box map brought back (pad, crop); returns the Figure."
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+    from elvis_nb.viz import add_colorbar, show_map
     fig, ax = plt.subplots(1, 5, figsize=(15, 3))
     ax[0].imshow(img, cmap='gray', vmin=0, vmax=1); ax[0].set_title(f'original {img.shape[0]}×{img.shape[1]}')
     for a, mode in zip(ax[1:3], ('pad', 'crop')):
@@ -155,10 +156,10 @@ def plot_geometry(img: np.ndarray, box, size: int = 64, resize: int | None = Non
         a.imshow(x[0], cmap='gray', vmin=0, vmax=1); a.set_title(f'{mode}: input {size}×{size}')
         a.add_patch(Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec='r'))
         back = map_to_original(boxes_to_mask([b], (size, size)).float(), g)
-        im = ax[3 + (mode == 'crop')].imshow(back, cmap='viridis', vmin=0, vmax=1)
+        im = show_map(ax[3 + (mode == 'crop')], back, 'rate')    # the box mask, 0…1 (NaN outside the view: blank)
         ax[3 + (mode == 'crop')].set_title(f'{mode}: map at original size')
     ax[0].add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, ec='r'))
-    fig.colorbar(im, ax=ax[4], fraction=0.046)
+    add_colorbar(fig, im, ax[4], 'rate', 'box mask')
     for a in ax: a.axis('off')
     return fig
 
