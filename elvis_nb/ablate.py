@@ -320,7 +320,7 @@ def ablation_markdown(meta: dict, effects: list[dict], skipped_axes: dict[str, s
 def ablate(out_dir: str | Path, profile: str = 'quick', grid: dict[str, tuple] | None = None, seeds=(0, 1, 2), data_root: str = '',
            device: str = 'auto', force: bool = False, jobs: int | None = None, log=print, tasks=ABLATION_TASKS,
            fresh_kernels: bool = False) -> dict:
-    "Pre-train and evaluate ELVIS's variants of `grid` (default: `GRIDS['default']`) beside ELVIS and GLoRIA; write results.json and the report."
+    "Pre-train and evaluate ELVIS's variants of `grid` (default: `GRIDS['default']`) beside ELVIS and GLoRIA; write ablation.json and its report (ablation.md/.html)."
     import matplotlib.pyplot as plt
     import elvis_nb
     root, grid = Path(out_dir).resolve(), dict(GRIDS['default'] if grid is None else grid)
@@ -348,11 +348,11 @@ def ablate(out_dir: str | Path, profile: str = 'quick', grid: dict[str, tuple] |
     out = dict(meta=meta, variants={r: asdict(v) for r, v in variants.items()},
                skipped_axes=skipped_axes, changes=axis_changes(effects, grid), effects=effects, claims_skipped=skipped,
                combined=combine_results(results), steps=results)
-    (root / 'results.json').write_text(json.dumps(out, indent=1, default=str))
+    (root / 'ablation.json').write_text(json.dumps(out, indent=1, default=str))
     md = ablation_markdown(meta, effects, skipped_axes, figures, 'target_dynamics.png' if len(dyn) else '', skipped)
-    (root / 'report.md').write_text(md)
-    (root / 'report.html').write_text(markdown_to_html(md, root, 'elvis_nb ablation'))
-    log(f"report: {root / 'report.html'}")
+    (root / 'ablation.md').write_text(md)
+    (root / 'ablation.html').write_text(markdown_to_html(md, root, 'elvis_nb ablation'))
+    log(f"report: {root / 'ablation.html'}")
     return out
 
 # %% ../nbs/61_ablate.ipynb #c1903cde

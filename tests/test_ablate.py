@@ -40,7 +40,7 @@ def run(tmp_path_factory):
 def test_variant_pretrained_with_its_option_and_compared(run, axis):
     out, res, _ = run
     if axis in res['skipped_axes']:                                   # the warm encoders: module or wheel unavailable
-        assert axis == 'init' and res['skipped_axes'][axis] in (out / 'report.md').read_text()
+        assert axis == 'init' and res['skipped_axes'][axis] in (out / 'ablation.md').read_text()
         pytest.skip(f"axis {axis} skipped: {res['skipped_axes'][axis]}")
     row = variant_row(axis, ONE_PER_AXIS[axis])
     options = json.loads((out / 'seed0' / row / 'pretrain' / 'model' / 'config.json').read_text())['options']
@@ -53,7 +53,8 @@ def test_variant_pretrained_with_its_option_and_compared(run, axis):
 
 def test_report_and_results(run):
     out, res, log = run
-    md, html = (out / 'report.md').read_text(), (out / 'report.html').read_text()
+    md, html = (out / 'ablation.md').read_text(), (out / 'ablation.html').read_text()
+    assert not (out / 'report.md').exists() and not (out / 'results.json').exists()   # a reproduce folder's report is left alone
     assert md.index('## Summary') < md.index('## The axes') < md.index('## Effects, axis by axis')
     ran = sorted({v['axis'] for v in res['variants'].values()})
     assert ran and all(f'- **{a}** (default' in md and (out / f'axis_{a}.png').exists() for a in ran)
@@ -62,7 +63,7 @@ def test_report_and_results(run):
     assert '![target dynamics](target_dynamics.png)' in md and (out / 'target_dynamics.png').exists()
     assert html.count('data:image/png;base64,') == md.count('![')
     assert res['meta']['n_variants'] == len(ran) == len(res['variants'])
-    assert json.loads((out / 'results.json').read_text())['meta']['grid'] == res['meta']['grid']
+    assert json.loads((out / 'ablation.json').read_text())['meta']['grid'] == res['meta']['grid']
     assert any(line.startswith('elvis_nb ablate: ') for line in log)
 
 
