@@ -246,11 +246,12 @@ def plot_phrase_grounding(image: torch.Tensor, results: dict[str, dict], boxes: 
     "One panel per model: the phrase's similarity map over the image with the boxes, CNR and peak-in-box in the title."
     fig, axes = plt.subplots(1, len(results), figsize=(3.3 * len(results) + 1, 3.3), squeeze=False, dpi=72)
     for ax, (name, r) in zip(axes[0], results.items()):
-        im = show_map(ax, r['map'], 'similarity', f"{name}\nCNR {r['cnr']:.2f} · peak in box: {'yes' if r['peak_in_box'] else 'no'} "
-                      f"(chance {r['chance']:.3f})", vmin, vmax, image=image.squeeze())
+        im = show_map(ax, r['map'], 'similarity', f"{name}\nCNR {r['cnr']:.2f} · peak in box: {'yes' if r['peak_in_box'] else 'no'}",
+                      vmin, vmax, image=image.squeeze())
         draw_boxes(ax, boxes)
     add_colorbar(fig, im, axes[0].tolist(), 'similarity')
-    fig.suptitle(f'"{phrase}"', fontsize=TITLE_SIZE)
+    chance = next(iter(results.values()))['chance']                       # the box's share: the same for every model
+    fig.suptitle(f'"{phrase}" (peak in box by chance: {chance:.3f})', fontsize=TITLE_SIZE, y=1.02)
     return fig
 
 # %% ../../nbs/58_eval.inspect.ipynb #d8ef170e
