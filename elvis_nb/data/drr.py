@@ -240,6 +240,10 @@ class Insert:
         n = project(self.region, 1.0)                                             # voxels of the region along each ray
         return (np.float32(self.dmu * dy) * n if np.isscalar(self.dmu) else project(self.dmu, dy)), n > 0
 
+    def scaled(self, k: float) -> 'Insert':
+        "The same region adding `k` × the attenuation: a task's fainter finding (`synth.SEG_DENSITY`)."
+        return Insert(self.region, self.dmu * k)
+
 # %% ../../nbs/14_data.drr.ipynb #e73cf505
 def consolidation_insert(v: DrrView, centre: tuple, r_mm: float, inside: np.ndarray) -> Insert:
     "Airspace filled in a ball of `r_mm` around `centre`, clipped to `inside` and to the lobe at `centre` (sharp at the fissure)."
@@ -472,7 +476,7 @@ def sample_drr(r: DrrRenderer, seed: int, kinds: Sequence[str] = ()) -> DrrStudy
     return render_drr(r, pose, [d[0] for d in drawn], [d[1] for d in drawn], seed)
 
 # %% ../../nbs/14_data.drr.ipynb #949c2d8f
-DRR_VERSION = 2   # bump whenever CT-rendered pixels change: SynthCXR caches them under ct-v<DRR_VERSION>/ (2: SEG_POSITIVE_QUARTERS)
+DRR_VERSION = 3   # bump whenever CT-rendered pixels change: SynthCXR caches them under ct-v<DRR_VERSION>/ (2: SEG_POSITIVE_QUARTERS; 3: SEG_DENSITY)
 
 def study_pose(p: dict, size: int, fov: float) -> DrrPose:
     "The DRR pose of a SynthCXR patient `p` on a `fov`-mm film: its placement and exposure draws mapped to the CT's ranges (yaw from its rib phase)."
@@ -501,7 +505,7 @@ def render_study(r: DrrRenderer, study, size: int) -> tuple[np.ndarray, np.ndarr
     v0 = r.view(0.0)
     pose = study_pose(study.patient, size, field_of_view(v0.base.shape, v0.spacing[::2]))
     v = r.view(pose.yaw)
-    findings = [[part_insert(v, f.kind, q, study.patient, f.severity) for q in f.parts] for f in study.findings]
+    findings = [[part_insert(v, f.kind, q, study.patient, f.severity).scaled(q.get('density', 1.0)) for q in f.parts] for f in study.findings]
     st = render_drr(r, pose, findings, [], study_rng(study.seed, study.split, study.index, 1), size)
     return st.image, st.masks, st.boxes
 

@@ -229,9 +229,10 @@ class ELVIS(Method):
         "θ' ← m θ' + (1 − m) θ for every weight and floating buffer of the target copy (integer buffers are copied)."
         live = {'image': self.image_encoder, 'text': self.text_encoder}
         for name, target in self.target_encoders.items():
-            for t, s in zip(target.state_dict().values(), live[name].state_dict().values()):
-                if t.is_floating_point(): t.lerp_(s, 1 - self.config.target_momentum)   # exact at m = 0 and m = 1
-                else: t.copy_(s)
+            pairs = list(zip(target.state_dict().values(), live[name].state_dict().values()))
+            floats, ints = ([p for p in pairs if p[0].is_floating_point() == f] for f in (True, False))
+            if floats: torch._foreach_lerp_(*map(list, zip(*floats)), 1 - self.config.target_momentum)   # one fused update; exact at m = 0, 1
+            if ints: torch._foreach_copy_(*map(list, zip(*ints)))
 
     @torch.no_grad()
     def target_features(self, images: torch.Tensor, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
