@@ -1,7 +1,7 @@
 """Wall time and findings of an ablation: `elvis-nb ablate` at `quick` with three seeds on 2 CPU cores.
 
 Usage: `python bench/ablate.py [--profile quick] [--grid small|default | --axes AXIS[=V1,V2] ...] [--seeds 0 1 2]
-[--jobs N] [--keep DIR]` from the repository root, on an otherwise idle machine (the number is wall time). `--keep` a
+[--jobs N] [--renderer ct] [--report-style indiana] [--keep DIR]` from the repository root, on an otherwise idle machine (the number is wall time). `--keep` a
 folder where `elvis-nb reproduce` ran already, and ELVIS's and GLoRIA's steps are reused (the file says so). Writes
 bench/results/ablation_<profile>.json: the seeds, the total, the grid, every variant's effect on every metric against
 the default ELVIS and against GLoRIA with its 95 % interval and whether it changes beyond the seed noise, the answer
@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def main(profile: str = 'quick', grid_name: str = 'small', axes=None, seeds=(0, 1, 2), jobs: int | None = None,
-         keep: str = '', tasks=None) -> dict:
+         keep: str = '', tasks=None, renderer: str = 'cartoon', report_style: str = 'template') -> dict:
     from elvis_nb.ablate import ABLATION_TASKS, GRIDS, ablate, parse_axes
     from elvis_nb.reproduce import default_jobs
     grid, tasks = (parse_axes(axes) if axes else GRIDS[grid_name]), tuple(tasks or ABLATION_TASKS)
@@ -21,13 +21,13 @@ def main(profile: str = 'quick', grid_name: str = 'small', axes=None, seeds=(0, 
         run = Path(keep) if keep else Path(tmp) / 'run'
         reused = (run / 'seed0' / 'elvis' / 'pretrain' / 'step.json').exists()
         t0 = time.time()
-        res = ablate(run, profile=profile, grid=grid, seeds=seeds, jobs=jobs, tasks=tasks)
+        res = ablate(run, profile=profile, grid=grid, seeds=seeds, jobs=jobs, tasks=tasks, renderer=renderer, report_style=report_style)
         total = time.time() - t0
     effects: dict = {}
     for e in res['effects']:
         effects.setdefault(e['row'], {}).setdefault(e['versus'], {})[e['metric']] = {
             k: e[k] for k in ('effect', 'lo', 'hi', 'n_seeds', 'change', 'mean', 'mean_versus', 'interval')}
-    return {'profile': profile, 'seeds': list(seeds), 'jobs': jobs or default_jobs(), 'total_seconds': round(total, 1),
+    return {'profile': profile, 'renderer': renderer, 'report_style': report_style, 'seeds': list(seeds), 'jobs': jobs or default_jobs(), 'total_seconds': round(total, 1),
             'target_seconds': 20 * 60 if profile == 'quick' and grid_name == 'small' and not axes else None,
             'grid_name': None if axes else grid_name, 'grid': res['meta']['grid'], 'tasks': list(tasks),
             'n_variants': res['meta']['n_variants'], 'skipped_axes': res['skipped_axes'],
@@ -45,9 +45,12 @@ if __name__ == '__main__':
     ap.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     ap.add_argument('--jobs', type=int, default=None)
     ap.add_argument('--tasks', nargs='+', default=None)
+    ap.add_argument('--renderer', default='cartoon', help="SynthCXR renderer: 'cartoon' or 'ct'")
+    ap.add_argument('--report-style', default='template', help="SynthCXR reports: 'template' or 'indiana'")
     ap.add_argument('--keep', default='', help='run into this folder and keep it (default: a temporary one)')
     a = ap.parse_args()
-    res = main(a.profile, a.grid, a.axes, tuple(a.seeds), a.jobs, a.keep, a.tasks)
-    out = Path(__file__).parent / 'results' / f'ablation_{a.profile}.json'
+    res = main(a.profile, a.grid, a.axes, tuple(a.seeds), a.jobs, a.keep, a.tasks, a.renderer, a.report_style)
+    suffix = ('' if a.renderer == 'cartoon' else f'_{a.renderer}') + ('' if a.report_style == 'template' else f'_{a.report_style}')
+    out = Path(__file__).parent / 'results' / f'ablation_{a.profile}{suffix}.json'
     out.write_text(json.dumps(res, indent=1))
     print(json.dumps({k: res[k] for k in ('profile', 'seeds', 'total_seconds', 'grid', 'changes_beyond_seed_noise')}), '->', out)

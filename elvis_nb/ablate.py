@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .core import WheelUnavailable, get_profile
 from .eval.claims import SEG_TASKS_CLAIMED
-from .reproduce import (SYNTH_CAVEAT, TASKS, Step, combine_results, default_jobs, experiment_parameters, judge_claims,
+from .reproduce import (SYNTH_CAVEAT, TASKS, Step, combine_results, data_line, default_jobs, experiment_parameters, judge_claims,
                                 kernel_threads, markdown_table, markdown_to_html, plan_claims, plan_steps, profile_options,
                                 run_steps, step_workers)
 from .runner import run_experiment
@@ -130,11 +130,13 @@ def ablation_fraction(profile: str) -> float:
     return min(float(f) for f in str(opts['fractions']).split(','))
 
 def ablation_steps(profile: str, grid: dict[str, tuple], seeds=(0, 1, 2), data_root: str = '', device: str = 'auto',
-                   root: Path = Path('.'), tasks=ABLATION_TASKS) -> tuple[list[Step], dict[str, Variant], dict[str, str]]:
+                   root: Path = Path('.'), tasks=ABLATION_TASKS, renderer: str = 'cartoon', report_style: str = 'template',
+                   ) -> tuple[list[Step], dict[str, Variant], dict[str, str]]:
     "The steps of an ablation (the comparators' main-job steps, then every variant's), {row: Variant}, {axis: why skipped}."
     if bad := [t for t in tasks if t not in ABLATION_TASKS]: raise ValueError(f"unknown task(s) {bad}: choose from {list(ABLATION_TASKS)}")
     variants, skipped = plan_variants(grid, profile)
-    common = dict(profile=profile, tasks=tuple(tasks), seeds=tuple(seeds), data_root=data_root, device=device, root=root, random_baseline=False)
+    common = dict(profile=profile, tasks=tuple(tasks), seeds=tuple(seeds), data_root=data_root, device=device, root=root, random_baseline=False,
+                  renderer=renderer, report_style=report_style)
     light = {'segmentation': dict(fractions=str(ablation_fraction(profile)))}
     rows = {r: ('elvis', v.options) for r, v in variants.items()}
     return (plan_steps(methods=COMPARATORS, **common) + plan_steps(methods=(), variants=rows, task_options=light, **common)[1:],
@@ -296,7 +298,7 @@ def ablation_markdown(meta: dict, effects: list[dict], skipped_axes: dict[str, s
     "The ablation report: setup, a sentence per axis, the axes, a figure per axis, effect tables, the targets' dynamics."
     grid, seeds = meta['grid'], meta['seeds']
     lines = [f"# elvis_nb ablation: which of ELVIS's open choices matters", '',
-             f"Profile `{meta['profile']}` · data: {meta.get('data_root') or 'SynthCXR (embedded default)'} · seeds {seeds} · "
+             f"Profile `{meta['profile']}` · data: {data_line(meta)} · seeds {seeds} · "
              f"{meta['n_variants']} variants over {len(grid)} axes · evaluations {', '.join(meta['tasks'])} (segmentation at "
              f"{meta['fraction']:.0%} of the labels) · device {meta.get('device')} · elvis_nb {meta.get('version')}", '',
              '## Summary', '', *axis_summary(effects, grid, skipped_axes, len(seeds)), '',
@@ -319,13 +321,13 @@ def ablation_markdown(meta: dict, effects: list[dict], skipped_axes: dict[str, s
 # %% ../nbs/61_ablate.ipynb #ccf88fb2
 def ablate(out_dir: str | Path, profile: str = 'quick', grid: dict[str, tuple] | None = None, seeds=(0, 1, 2), data_root: str = '',
            device: str = 'auto', force: bool = False, jobs: int | None = None, log=print, tasks=ABLATION_TASKS,
-           fresh_kernels: bool = False) -> dict:
+           fresh_kernels: bool = False, renderer: str = 'cartoon', report_style: str = 'template') -> dict:
     "Pre-train and evaluate ELVIS's variants of `grid` (default: `GRIDS['default']`) beside ELVIS and GLoRIA; write ablation.json and its report (ablation.md/.html)."
     import matplotlib.pyplot as plt
     import elvis_nb
     root, grid = Path(out_dir).resolve(), dict(GRIDS['default'] if grid is None else grid)
     if data_root and not Path(data_root).exists(): raise FileNotFoundError(f'data root {data_root!r} does not exist')
-    steps, variants, skipped_axes = ablation_steps(profile, grid, tuple(seeds), data_root, device, root, tuple(tasks))
+    steps, variants, skipped_axes = ablation_steps(profile, grid, tuple(seeds), data_root, device, root, tuple(tasks), renderer, report_style)
     fraction = ablation_fraction(profile)
     claims, skipped = plan_claims(steps, ablation_claims(['elvis', *variants], fraction, tasks))   # checked before any step
     root.mkdir(parents=True, exist_ok=True)
@@ -343,7 +345,7 @@ def ablate(out_dir: str | Path, profile: str = 'quick', grid: dict[str, tuple] |
     dyn = target_dynamics(root, ['elvis', *variants], seeds)
     if len(dyn): fig = plot_target_dynamics(dyn); fig.savefig(root / 'target_dynamics.png', dpi=100); plt.close(fig)
     meta = dict(profile=profile, grid={a: list(v) for a, v in grid.items()}, seeds=list(seeds), tasks=list(tasks), fraction=fraction,
-                n_variants=len(variants), data_root=data_root, device=results['environment'].get('device', device),
+                n_variants=len(variants), data_root=data_root, renderer=renderer, report_style=report_style, device=results['environment'].get('device', device),
                 version=elvis_nb.__version__, jobs=jobs)
     out = dict(meta=meta, variants={r: asdict(v) for r, v in variants.items()},
                skipped_axes=skipped_axes, changes=axis_changes(effects, grid), effects=effects, claims_skipped=skipped,

@@ -32,15 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--version', action='version', version=f'elvis-nb {elvis_nb.__version__}')
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument('--debug', action='store_true', help='show the traceback of an error, not just its message')
+    synth = argparse.ArgumentParser(add_help=False)       # SynthCXR's data options, for the commands that plan steps
+    synth.add_argument('--renderer', default='cartoon', help="SynthCXR renderer: 'cartoon' (default) or 'ct' (radiographs of one real CT, fetched once)")
+    synth.add_argument('--report-style', default='template',
+                       help="SynthCXR reports: 'template' (default) or 'indiana' (the phrasing of real reports, fetched once)")
     sub = parser.add_subparsers(dest='command', required=True)
-    add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)
+    add = lambda name, *parents, **kw: sub.add_parser(name, parents=[common, *parents], **kw)
     run = add('run', help='execute one experiment notebook with papermill')
     run.add_argument('name', help='experiment notebook in nbs/experiments (without .ipynb)')
     run.add_argument('--out', required=True, help='output folder: executed notebook and results.json')
     run.add_argument('--profile', default='quick', choices=sorted(PROFILES), help='shorthand for -p profile NAME')
     run.add_argument('-p', '--parameter', nargs=2, action='append', default=[], metavar=('KEY', 'VALUE'),
                      help='notebook parameter, as in papermill (profile included)')
-    rep = add('reproduce', help='pre-train every method, run every evaluation, write a report')
+    rep = add('reproduce', synth, help='pre-train every method, run every evaluation, write a report')
     rep.add_argument('--out', default='runs/quick', help='output folder: steps, results.json, report.html')
     rep.add_argument('--profile', default='quick', choices=sorted(PROFILES))
     rep.add_argument('--methods', nargs='+', default=list(METHOD_NAMES), help=f'subset of {list(METHOD_NAMES)} (ELVIS variants: elvis-nb ablate)')
@@ -48,12 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f'subset of {list(TASKS)}')
     rep.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2], help='seeds: every number is mean ± 95 %% interval over them')
     rep.add_argument('--data-root', default='', help='real data root (default: SynthCXR)')
-    rep.add_argument('--renderer', default='cartoon', help="SynthCXR renderer: 'cartoon' (default) or 'ct' (radiographs of one real CT, fetched once)")
     rep.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
     rep.add_argument('--force', action='store_true', help='re-run steps that already finished')
     rep.add_argument('--no-random-baseline', action='store_true', help='skip the random-initialisation reference row')
     rep.add_argument('--jobs', type=int, default=None, help='steps at once (default: 1 on a GPU, else one per CPU core, up to 4)')
-    abl = add('ablate', help='pre-train and evaluate a grid of ELVIS variants beside ELVIS and GLoRIA, write its report')
+    abl = add('ablate', synth, help='pre-train and evaluate a grid of ELVIS variants beside ELVIS and GLoRIA, write its report')
     abl.add_argument('--out', default='runs/ablate', help='output folder (a reproduce folder: its ELVIS and GLoRIA steps are reused)')
     abl.add_argument('--profile', default='quick', choices=sorted(PROFILES))
     abl.add_argument('--grid', default='default', choices=list(GRIDS), help='named grid of axes and values (small: 20 min at quick)')
@@ -120,10 +123,11 @@ def command(args: argparse.Namespace) -> int:
         print(json.dumps({k: results[k] for k in list(results)[:12]}, indent=1, default=str))
     elif args.command == 'reproduce':
         reproduce(args.out, args.profile, args.methods, args.tasks, args.seeds, args.data_root, args.device,
-                  args.force, random_baseline=not args.no_random_baseline, jobs=args.jobs, renderer=args.renderer)
+                  args.force, random_baseline=not args.no_random_baseline, jobs=args.jobs, renderer=args.renderer,
+                  report_style=args.report_style)
     elif args.command == 'ablate':
         ablate(args.out, args.profile, parse_axes(args.axes) if args.axes else GRIDS[args.grid], args.seeds, args.data_root,
-               args.device, args.force, args.jobs, tasks=args.tasks)
+               args.device, args.force, args.jobs, tasks=args.tasks, renderer=args.renderer, report_style=args.report_style)
     elif args.command == 'pretrain':
         if args.data_root and not Path(args.data_root).exists(): raise FileNotFoundError(f'data root {args.data_root!r} does not exist')
         options = {k: parse_value(v) for k, v in args.option}

@@ -11,16 +11,16 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 from .core import METHOD_NAMES, get_profile, resolve_device
-from .runner import experiment_path, run_experiment
+from .runner import experiment_path, notebook_parameters, run_experiment
 
 # %% auto #0
 __all__ = ['TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'RENDERER_NOTE', 'HEADLINES', 'SIDE_BY_SIDE',
-           'CITATIONS', 'CONFIDENCE', 'SYNTH_STANDS_FOR', 'THREAD_VARIABLES', 'Step', 'plan_steps', 'step_done',
-           'run_step', 'next_ready', 'run_steps', 'step_workers', 'flatten_numbers', 'mean_std', 'combine_results',
-           'renderer_note', 'headline_columns', 'results_tables', 'step_figures', 'side_by_side', 'report_markdown',
-           'markdown_to_html', 'markdown_table', 'our_key', 'papers_markdown', 'experiment_parameters',
-           'profile_options', 'plan_claims', 'claim_values', 'judge_claims', 'claims_summary', 'claims_markdown',
-           'default_jobs', 'kernel_threads', 'claims_figure', 'reproduce']
+           'CITATIONS', 'CONFIDENCE', 'SYNTH_STANDS_FOR', 'THREAD_VARIABLES', 'reads_reports', 'Step', 'plan_steps',
+           'step_done', 'run_step', 'next_ready', 'run_steps', 'step_workers', 'flatten_numbers', 'mean_std',
+           'combine_results', 'data_line', 'renderer_note', 'headline_columns', 'results_tables', 'step_figures',
+           'side_by_side', 'report_markdown', 'markdown_to_html', 'markdown_table', 'our_key', 'papers_markdown',
+           'experiment_parameters', 'profile_options', 'plan_claims', 'claim_values', 'judge_claims', 'claims_summary',
+           'claims_markdown', 'default_jobs', 'kernel_threads', 'claims_figure', 'reproduce']
 
 # %% ../nbs/60_reproduce.ipynb #eff22b29
 TASKS = {  # task name → experiment notebook
@@ -38,6 +38,10 @@ TASK_OPTIONS = {  # lighter protocols where a profile's budget needs them; other
               # transfer run their notebooks' quick protocols: 1, 10 and 100 % of the labels, where the papers see the gain
 }
 
+def reads_reports(experiment: str) -> bool:
+    "Whether `experiment` reads SynthCXR reports: its notebook declares `report_style` (segmentation, say, does not)."
+    return 'report_style' in experiment_parameters(experiment)
+
 @dataclass
 class Step:
     "One experiment-notebook run: `experiment` with `params` into `root/key`."
@@ -53,6 +57,7 @@ class Step:
 # %% ../nbs/60_reproduce.ipynb #2bb5bb77
 def plan_steps(profile: str = 'quick', methods=METHOD_NAMES, tasks=tuple(TASKS), seeds=(0,), data_root: str = '',
                device: str = 'auto', root: Path = Path('.'), random_baseline: bool = True, renderer: str = 'cartoon',
+               report_style: str = 'template',                        # SynthCXR reports (REPORT_STYLES), for the steps that read them
                variants: dict[str, tuple[str, dict]] | None = None,  # {row: (method, pretrain `options`)}, e.g. an ELVIS variant
                task_options: dict[str, dict] | None = None,           # {task: parameters} over TASK_OPTIONS, for every row
                ) -> list[Step]:
@@ -65,17 +70,20 @@ def plan_steps(profile: str = 'quick', methods=METHOD_NAMES, tasks=tuple(TASKS),
     bad = [t for t in tasks if t not in TASKS]
     if bad: raise ValueError(f"unknown task(s) {bad}: choose from {list(TASKS)}")
     get_profile(profile)
-    from elvis_nb.data.synth import RENDERERS         # here, not at the top: the data layer imports torch
+    from elvis_nb.data.synth import RENDERERS, REPORT_STYLES   # here, not at the top: the data layer imports torch
     if renderer not in RENDERERS: raise ValueError(f"unknown renderer {renderer!r}: choose one of {RENDERERS}")
+    if report_style not in REPORT_STYLES: raise ValueError(f"unknown report_style {report_style!r}: choose one of {REPORT_STYLES}")
     common = dict(profile=profile, data_root=data_root, device=device, renderer=renderer)   # in every step's fingerprint
+    reports = lambda exp: {'report_style': report_style} if report_style != 'template' and reads_reports(exp) else {}   # the
+    # default adds no parameter, so the steps (and their fingerprints) of a template run stay as they were
     evals = lambda row, arch, seed, ckpt, after: [
-        Step(TASKS[t], f'seed{seed}/{row}/{TASKS[t]}', dict(common, method=arch, seed=seed, checkpoint=ckpt,
+        Step(TASKS[t], f'seed{seed}/{row}/{TASKS[t]}', dict(common, method=arch, seed=seed, checkpoint=ckpt, **reports(TASKS[t]),
              **{**TASK_OPTIONS.get(profile, {}).get(t, {}), **(task_options or {}).get(t, {})}), after) for t in tasks]
     steps = [Step('environment', 'environment', dict(profile=profile, device=device, seed=seeds[0]))]
     for seed in seeds:
         for row, (method, options) in {**{m: (m, {}) for m in methods}, **variants}.items():
             pre = f'seed{seed}/{row}/pretrain'          # no `options` parameter without options: a method's step is unchanged
-            steps.append(Step('pretrain', pre, dict(common, method=method, seed=seed, **({'options': options} if options else {}))))
+            steps.append(Step('pretrain', pre, dict(common, method=method, seed=seed, **reports('pretrain'), **({'options': options} if options else {}))))
             steps += evals(row, method, seed, str(Path(root) / pre / 'model'), (pre,))
         if random_baseline: steps += evals(RANDOM_INIT, methods[-1], seed, '', ())
     return steps
@@ -193,6 +201,11 @@ RENDERER_NOTE = {'cartoon': "Its images here were drawn by the **cartoon** rende
                  'ct': "Its images here were drawn by the **CT** renderer: radiographs projected from one real chest CT, so every "
                        "study shares one patient's anatomy; the findings, reports and labels are SynthCXR's."}
 
+def data_line(meta: dict) -> str:
+    "The data behind a run, as its report's setup line names it: the real data root, or SynthCXR with its renderer(s) and report style."
+    renderers = ', '.join(f'`{r}`' for r in meta.get('renderers_used') or [meta.get('renderer', 'cartoon')])
+    return meta.get('data_root') or f"SynthCXR (embedded default), renderer {renderers}, reports `{meta.get('report_style', 'template')}`"
+
 def renderer_note(meta: dict) -> str:
     "Which renderer drew the SynthCXR images behind the numbers: the one the steps report, and the one asked for if they differ."
     used, asked = meta.get('renderers_used') or [meta.get('renderer', 'cartoon')], meta.get('renderer', 'cartoon')
@@ -280,7 +293,7 @@ def report_markdown(combined: dict, figures: dict[str, list[Path]], root: Path, 
     "The report as Markdown: setup, summary and claims, caveat, our tables, papers' numbers, side-by-side figures, every figure."
     seeds = meta.get('seeds', [])
     lines = [f"# elvis_nb reproduction: {', '.join(meta.get('methods', []))}", '',
-             f"Profile `{meta.get('profile')}` · data: {meta.get('data_root') or 'SynthCXR (embedded default), renderer ' + ', '.join(f'`{r}`' for r in meta.get('renderers_used') or [meta.get('renderer', 'cartoon')])} · "
+             f"Profile `{meta.get('profile')}` · data: {data_line(meta)} · "
              f"seeds {seeds} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}: each cell is mean ± half-width of the "
              f"95 % confidence interval over seeds (number of seeds behind it; failed fits excluded, never averaged)) · device {meta.get('device')} · {meta.get('jobs', 1)} step(s) at a time · "
              f"elvis_nb {meta.get('version')}", '']
@@ -392,11 +405,8 @@ def papers_markdown(combined: dict | None = None) -> str:
 
 # %% ../nbs/60_reproduce.ipynb #e1e4c76e
 def experiment_parameters(name: str) -> dict:
-    "The literal defaults of experiment `name`'s `parameters` cell, {name: value}."
-    import ast
-    cell = next(c for c in json.loads(experiment_path(name).read_text())['cells'] if 'parameters' in c['metadata'].get('tags', ()))
-    tree = ast.parse(''.join(cell['source']))
-    return {t.id: ast.literal_eval(a.value) for a in tree.body if isinstance(a, ast.Assign) for t in a.targets if isinstance(t, ast.Name)}
+    "The literal defaults of experiment `name`'s `parameters` cell, {name: value} (chapter 01's `notebook_parameters`)."
+    return notebook_parameters(experiment_path(name))
 
 def _listed(params: dict, key: str, cast) -> dict[str, list]:
     "{experiment: values} of parameter `key` (a list, or a comma-separated string; empty: the profile's, not checked)."
@@ -505,13 +515,14 @@ def claims_figure(judged: list, root: Path) -> str:
 
 def reproduce(out_dir: str | Path, profile: str = 'quick', methods=METHOD_NAMES, tasks=tuple(TASKS), seeds=(0, 1, 2),
               data_root: str = '', device: str = 'auto', force: bool = False, random_baseline: bool = True,
-              jobs: int | None = None, log=print, fresh_kernels: bool = False, claims=None, renderer: str = 'cartoon') -> dict:
+              jobs: int | None = None, log=print, fresh_kernels: bool = False, claims=None, renderer: str = 'cartoon',
+              report_style: str = 'template') -> dict:
     "Pre-train and evaluate `methods` for each seed, then write `results.json`, `report.md` and `report.html` in `out_dir`."
     import elvis_nb
     root = Path(out_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if data_root and not Path(data_root).exists(): raise FileNotFoundError(f'data root {data_root!r} does not exist')
-    steps = plan_steps(profile, tuple(methods), tuple(tasks), tuple(seeds), data_root, device, root, random_baseline, renderer)
+    steps = plan_steps(profile, tuple(methods), tuple(tasks), tuple(seeds), data_root, device, root, random_baseline, renderer, report_style)
     claims, skipped = plan_claims(steps, claims)                       # a malformed claim fails here, before any step
     jobs = jobs or default_jobs(device)
     log(f'elvis_nb reproduce: {len(steps)} steps into {root}, {jobs} at a time')
@@ -522,7 +533,7 @@ def reproduce(out_dir: str | Path, profile: str = 'quick', methods=METHOD_NAMES,
     judged, skipped = judge_claims(claims, results, skipped)
     used = sorted({r['renderer'] for r in results.values() if isinstance(r, dict) and r.get('renderer')})   # as the steps report
     meta = dict(profile=profile, methods=list(methods), tasks=list(tasks), seeds=list(seeds), data_root=data_root,
-                renderer=renderer, renderers_used=used,
+                renderer=renderer, renderers_used=used, report_style=report_style,
                 device=results['environment'].get('device', device), version=elvis_nb.__version__, jobs=jobs)
     (root / 'results.json').write_text(json.dumps({'meta': meta, 'claims': [r.as_dict() for r in judged], 'claims_skipped': skipped,
                                                    'combined': combined, 'steps': results}, indent=1, default=str))

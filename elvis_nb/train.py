@@ -87,6 +87,7 @@ class TrainConfig:
     n_val: int | None = None              # validation pairs (SynthCXR); None: max(2·batch, n_pretrain // 8)
     synth_cache: bool = True              # keep rendered SynthCXR images on disk (elvis_nb.core.cache_dir) after epoch 1
     renderer: str = 'cartoon'             # SynthCXR renderer: 'cartoon' or 'ct' (elvis_nb.data.synth.RENDERERS)
+    report_style: str = 'template'        # SynthCXR reports: 'template' or 'indiana' (elvis_nb.data.synth.REPORT_STYLES)
     method_options: dict = field(default_factory=dict)    # passed to build_method
     profile_overrides: dict = field(default_factory=dict)  # fields of the Profile to replace
 
@@ -128,8 +129,8 @@ def pretrain_datasets(cfg: TrainConfig, profile: Profile) -> tuple[Dataset, Data
         return (load_task_dataset('pretrain', 'train', profile, cfg.data_root, seed=cfg.seed),
                 load_task_dataset('pretrain', 'val', profile, cfg.data_root, seed=cfg.seed))
     from elvis_nb.data.synth import SynthPretrain
-    return (SynthPretrain('train', profile, cfg.seed, cache=cfg.synth_cache, renderer=cfg.renderer),
-            SynthPretrain('val', profile, cfg.seed, n=cfg.n_val, cache=cfg.synth_cache, renderer=cfg.renderer))
+    data = dict(cache=cfg.synth_cache, renderer=cfg.renderer, report_style=cfg.report_style)
+    return SynthPretrain('train', profile, cfg.seed, **data), SynthPretrain('val', profile, cfg.seed, n=cfg.n_val, **data)
 
 def heldout_dataset(cfg: TrainConfig, profile: Profile) -> Dataset:
     "Held-out pairs, used neither for training nor validation: SynthCXR's test split, or the real set's."
@@ -137,7 +138,7 @@ def heldout_dataset(cfg: TrainConfig, profile: Profile) -> Dataset:
         from elvis_nb.data.real import load_task_dataset
         return load_task_dataset('pretrain', 'test', profile, cfg.data_root, seed=cfg.seed)
     from elvis_nb.data.synth import SynthPretrain
-    return SynthPretrain('test', profile, cfg.seed, n=profile.n_eval, cache=cfg.synth_cache, renderer=cfg.renderer)
+    return SynthPretrain('test', profile, cfg.seed, n=profile.n_eval, cache=cfg.synth_cache, renderer=cfg.renderer, report_style=cfg.report_style)
 
 def epoch_indices(n: int, epoch: int, seed: int, shuffle: bool = True) -> list[int]:
     "This rank's sample indices for `epoch`: a permutation seeded by (seed, epoch), split over ranks, equal lengths."

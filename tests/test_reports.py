@@ -108,9 +108,9 @@ def test_report_style_option_and_fallback(book, monkeypatch):
     from elvis_nb.data.synth import SynthPretrain, SynthSegmentation   # the data sets take the option too
     assert SynthPretrain('train', 'smoke', report_style='indiana').study(3).text == st.text
     assert SynthSegmentation('pneumonia', 'train', 'smoke', report_style='indiana').report_style == 'indiana'
-    monkeypatch.setenv('ELVIS_NB_REPORT_STYLE', 'indiana')
-    assert report_corpus(3) == report_corpus(3, report_style='indiana')
+    assert report_corpus(3, report_style='indiana')[2] == make_study(0, 'pretrain/train', 2, 'indiana').text
     with pytest.raises(ValueError, match="unknown report_style 'mimic'"): make_study(0, 'pretrain/train', 0, 'mimic')
+    with pytest.raises(ValueError, match="unknown report_style 'mimic'"): SynthPretrain('train', 'smoke', report_style='mimic')
     monkeypatch.undo()
 
     def unavailable(*a, **k): raise WheelUnavailable('pip could not download torchxrayvision==1.5.7: no registry')

@@ -109,12 +109,12 @@ def test_chexpert5_is_balanced_one_positive():
 
 
 def test_renderer_option_reaches_every_experiment_step_and_the_report():
-    "Every SynthCXR experiment takes `renderer` (last parameter); plan_steps puts it in every step (so in its fingerprint); the report names it."
+    "Every SynthCXR experiment takes `renderer`; plan_steps puts it in every step (so in its fingerprint); the report names it."
     from pathlib import Path
     from elvis_nb.reproduce import TASKS as EXPERIMENTS, experiment_parameters, plan_steps, report_markdown
     for e in ('pretrain', *EXPERIMENTS.values()):
         params = experiment_parameters(e)
-        assert list(params)[-1] == 'renderer' and params['renderer'] == 'cartoon', e
+        assert params['renderer'] == 'cartoon', e
     cartoon, ct = (plan_steps('smoke', ('elvis',), ('retrieval',), renderer=r) for r in ('cartoon', 'ct'))
     assert [s.params.get('renderer') for s in ct[1:]] == ['ct'] * (len(ct) - 1)
     assert all(a.fingerprint() != b.fingerprint() for a, b in zip(cartoon[1:], ct[1:]))
@@ -126,3 +126,30 @@ def test_renderer_option_reaches_every_experiment_step_and_the_report():
     assert build_parser().parse_args(['reproduce']).renderer == 'cartoon'
     fell_back = report_markdown({}, {}, Path('.'), {**meta, 'renderers_used': ['cartoon']})
     assert 'renderer `cartoon`' in fell_back and 'could not be fetched' in fell_back
+    assert build_parser().parse_args(['ablate', '--renderer', 'ct']).renderer == 'ct'
+
+
+def test_report_style_reaches_the_steps_that_read_reports_and_the_report():
+    "`report_style` is a parameter of exactly the experiments that read reports; plan_steps passes it to them only; the reports name it."
+    from pathlib import Path
+    from elvis_nb.ablate import ablation_markdown, ablation_steps
+    from elvis_nb.reproduce import TASKS as EXPERIMENTS, experiment_parameters, plan_steps, reads_reports, report_markdown
+    readers = {e for e in ('pretrain', *EXPERIMENTS.values()) if reads_reports(e)}
+    assert readers == {'pretrain', 'eval_retrieval', 'eval_transfer', 'eval_grounding', 'eval_locality'}
+    assert all(experiment_parameters(e)['report_style'] == 'template' for e in readers)
+    template, indiana = (plan_steps('smoke', ('elvis',), ('retrieval', 'segmentation'), random_baseline=False, report_style=r)
+                         for r in ('template', 'indiana'))
+    assert [s.params.get('report_style') for s in indiana[1:]] == ['indiana', 'indiana', None]
+    assert all('report_style' not in s.params for s in template)            # the default: the steps as they always were
+    assert indiana[1].fingerprint() != template[1].fingerprint() and indiana[3].fingerprint() == template[3].fingerprint()
+    with pytest.raises(ValueError, match="unknown report_style 'mimic'"): plan_steps('smoke', report_style='mimic')
+    steps = ablation_steps('smoke', {'tau_tgt': (1.0,)}, (0,), report_style='indiana')[0]
+    assert {s.params.get('report_style') for s in steps if s.experiment == 'pretrain'} == {'indiana'}
+    meta = dict(profile='smoke', methods=['elvis'], seeds=[0], data_root='', renderer='cartoon', report_style='indiana')
+    assert 'reports `indiana`' in report_markdown({}, {}, Path('.'), meta)
+    ab = dict(meta, grid={}, tasks=['grounding'], fraction=0.1, n_variants=0)
+    assert 'reports `indiana`' in ablation_markdown(ab, [], {}, {})
+    from elvis_nb.cli import build_parser
+    for cmd in ('reproduce', 'ablate'):
+        assert build_parser().parse_args([cmd, '--report-style', 'indiana']).report_style == 'indiana'
+        assert build_parser().parse_args([cmd]).report_style == 'template'

@@ -531,15 +531,14 @@ class Study:
 
 REPORT_STYLES = ('template', 'indiana')   # write_report above; the Indiana reports' phrasing (chapter 15, `data.reports`)
 
-def report_writer(style: str | None = None):
-    "`(findings, rng) -> (sentences, phrases)` of a report style; None = `$ELVIS_NB_REPORT_STYLE`, else 'template'."
-    style = style or os.environ.get('ELVIS_NB_REPORT_STYLE') or 'template'
+def report_writer(style: str = 'template'):
+    "`(findings, rng) -> (sentences, phrases)` of report style `style` (one of REPORT_STYLES)."
     if style not in REPORT_STYLES: raise ValueError(f"unknown report_style {style!r}: choose one of {REPORT_STYLES}")
     if style == 'template': return write_report
     from elvis_nb.data.reports import indiana_writer      # imported here: data.reports builds on this module
     return indiana_writer()                               # the templates, after one warning, without the material
 
-def make_study(seed: int, split: str, index: int, report_style: str | None = None) -> Study:
+def make_study(seed: int, split: str, index: int, report_style: str = 'template') -> Study:
     "Sample `index` of `split` ('<task>/<part>') under `seed`: patient, findings and report (written in `report_style`)."
     task = split.split('/')[0]
     if task not in TASKS: raise ValueError(f"unknown SynthCXR task {task!r} in split {split!r}: choose one of {TASKS}")
@@ -554,7 +553,7 @@ def make_study(seed: int, split: str, index: int, report_style: str | None = Non
     return Study(seed, split, index, p, findings, *report_writer(report_style)(findings, rng))
 
 # %% ../../nbs/10_data.synth.ipynb #fafedffd
-def report_corpus(n: int, seed: int = 0, split: str = 'pretrain/train', report_style: str | None = None) -> list[str]:
+def report_corpus(n: int, seed: int = 0, split: str = 'pretrain/train', report_style: str = 'template') -> list[str]:
     "The texts (FINDINGS + IMPRESSION) of the first `n` studies of `split`: no rendering, about 2 ms a report."
     return [make_study(seed, split, i, report_style).text for i in range(n)]
 
@@ -594,7 +593,8 @@ class SynthDataset(torch.utils.data.Dataset):
 
     def __init__(self, split: str = 'train', profile: str | Profile = 'quick', seed: int = 0, n: int | None = None,
                  size: int | None = None, cache: bool | str | Path = False, renderer: str = 'cartoon',
-                 report_style: str | None = None):   # None: $ELVIS_NB_REPORT_STYLE, else 'template' (`report_writer`)
+                 report_style: str = 'template'):   # one of REPORT_STYLES (`report_writer`)
+        if report_style not in REPORT_STYLES: raise ValueError(f"unknown report_style {report_style!r}: choose one of {REPORT_STYLES}")
         self.profile, self.split, self.seed, self.renderer = get_profile(profile), split, seed, resolve_renderer(renderer)
         self.report_style = report_style
         self.size = size or self.profile.image_size
@@ -640,7 +640,7 @@ class SynthSegmentation(SynthDataset):
     "Segmentation set of `task` ('pneumonia', 'covid', 'pneumothorax'): {'id', 'image' [1, S, S], 'mask' [1, S, S]}."
     def __init__(self, task: str = 'pneumothorax', split: str = 'train', profile: str | Profile = 'quick', seed: int = 0,
                  n: int | None = None, size: int | None = None, cache: bool | str | Path = False, mask_style: str | None = None,
-                 renderer: str = 'cartoon', report_style: str | None = None):
+                 renderer: str = 'cartoon', report_style: str = 'template'):
         if task not in SEG_TASKS: raise ValueError(f"unknown segmentation task {task!r}: choose one of {sorted(SEG_TASKS)}")
         self.task, self.mask_style = task, mask_style or ('box' if task == 'pneumonia' else 'pixel')
         if self.mask_style not in ('box', 'pixel'): raise ValueError(f"mask_style must be 'box' or 'pixel', got {mask_style!r}")

@@ -152,9 +152,11 @@ def peak_in_region(maps: torch.Tensor, region: torch.Tensor,
     return share, (a & valid).sum(1).to(maps.dtype) / valid.sum(1)
 
 # %% ../../nbs/54_eval.grounding.ipynb #90ba1af3
-def grounding_dataset(profile: str | Profile = 'smoke', data_root: str = '', split: str = 'test', renderer: str = 'cartoon') -> Dataset:
-    "The phrase-grounding set: SynthCXR (drawn by `renderer`) when `data_root` is '', else MS-CXR from that folder."
-    return load_task_dataset('grounding', split, profile, data_root) if data_root else SynthGrounding(split, profile, seed=0, renderer=renderer)
+def grounding_dataset(profile: str | Profile = 'smoke', data_root: str = '', split: str = 'test', renderer: str = 'cartoon',
+                      report_style: str = 'template') -> Dataset:
+    "The phrase-grounding set: SynthCXR (drawn by `renderer`, phrased in `report_style`) when `data_root` is '', else MS-CXR from that folder."
+    if data_root: return load_task_dataset('grounding', split, profile, data_root)
+    return SynthGrounding(split, profile, seed=0, renderer=renderer, report_style=report_style)
 
 # %% ../../nbs/54_eval.grounding.ipynb #d4e6dbdf
 @torch.no_grad()
