@@ -369,9 +369,9 @@ def _ours(combined: dict, method: str, experiment: str, key: str) -> dict | None
     return exp.get(key) or exp.get(re.sub(r'\.1\.0(?=\.|$)', '.1', key))
 
 # %% ../nbs/60_reproduce.ipynb #e7ec5a03
-def papers_markdown(combined: dict | None = None) -> str:
-    "The published numbers beside ours, protocol by protocol, with written-out citations; unmatched rows in an appendix."
-    from elvis_nb.eval.reference import reference_table, synth_reference_table
+def papers_markdown(combined: dict | None = None, renderer: str = 'cartoon') -> str:
+    "The published numbers beside ours, protocol by protocol, with written-out citations; unmatched rows in an appendix; `renderer`'s SynthCXR reference."
+    from elvis_nb.eval.reference import reference_path, reference_table, synth_reference_table
     ref, combined = reference_table().fillna('').to_dict('records'), combined or {}
     papers = list(dict.fromkeys(r['paper'].split(' (')[0] for r in ref))
     number = {p: i for i, p in enumerate(papers, 1)}
@@ -394,13 +394,15 @@ def papers_markdown(combined: dict | None = None) -> str:
         parts += ['', f'**Appendix: published numbers without a matching protocol in this run** ({len(appendix)} rows: '
                   'another method, data set, fraction or protocol).', '',
                   markdown_table(appendix, ['protocol', 'dataset', 'metric', 'setting', 'method', 'published', 'source'])]
-    synth = synth_reference_table()
+    synth = synth_reference_table(renderer=renderer)
     if len(synth):
         table = synth.round(3).reset_index().astype(object).fillna('')   # '' where a reference does not apply
-        parts += ['', '**SynthCXR reference** (chance levels, and the evaluations\' own models trained on the labels, masks '
+        parts += ['', f'**SynthCXR reference, renderer `{renderer}`** (chance levels, and the evaluations\' own models trained on the labels, masks '
                   'or boxes from a random encoder: a supervised upper bound for pre-training on SynthCXR; '
-                  '`elvis_nb.eval.reference.supervised_reference`, stored in `data_samples/synth_reference.json`):', '',
+                  f'`elvis_nb.eval.reference.supervised_reference`, stored in `{reference_path(renderer)}`):', '',
                   markdown_table(table.to_dict('records'), list(table.columns))]
+    else: parts += ['', f'**No SynthCXR reference for renderer `{renderer}` is stored** (`{reference_path(renderer)}`): its supervised '
+                    f"bounds are not measured, so this run's numbers have no upper bound beside them."]
     return '\n'.join(parts)
 
 # %% ../nbs/60_reproduce.ipynb #e1e4c76e
@@ -538,7 +540,7 @@ def reproduce(out_dir: str | Path, profile: str = 'quick', methods=METHOD_NAMES,
     (root / 'results.json').write_text(json.dumps({'meta': meta, 'claims': [r.as_dict() for r in judged], 'claims_skipped': skipped,
                                                    'combined': combined, 'steps': results}, indent=1, default=str))
     rows = [*methods, RANDOM_INIT] if random_baseline else list(methods)
-    md = report_markdown(combined, step_figures(root), root, meta, papers_markdown(combined), side_by_side(root, rows, seeds[0]),
+    md = report_markdown(combined, step_figures(root), root, meta, papers_markdown(combined, (used or [renderer])[0]), side_by_side(root, rows, seeds[0]),
                          claims_markdown(judged, skipped, len(seeds), claims_figure(judged, root)))
     (root / 'report.md').write_text(md)
     (root / 'report.html').write_text(markdown_to_html(md, root))

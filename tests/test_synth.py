@@ -127,6 +127,9 @@ def test_renderer_option_reaches_every_experiment_step_and_the_report():
     fell_back = report_markdown({}, {}, Path('.'), {**meta, 'renderers_used': ['cartoon']})
     assert 'renderer `cartoon`' in fell_back and 'could not be fetched' in fell_back
     assert build_parser().parse_args(['ablate', '--renderer', 'ct']).renderer == 'ct'
+    from elvis_nb.reproduce import papers_markdown          # each renderer's own reference, or a plain statement that it has none
+    assert 'SynthCXR reference, renderer `cartoon`' in papers_markdown({}) and 'synth_reference.json' in papers_markdown({})
+    assert 'No SynthCXR reference for renderer `ct` is stored' in papers_markdown({}, 'ct')
 
 
 def test_report_style_reaches_the_steps_that_read_reports_and_the_report():

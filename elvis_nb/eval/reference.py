@@ -28,7 +28,8 @@ __all__ = ['REF_COLUMNS', 'FRACTIONS', 'CONVIRT_REF', 'GLORIA_REF', 'ELVIS_REF',
            'REFERENCE_METHODS', 'reference_table', 'rows_from_results', 'segmentation_chance', 'SupervisedRecipe',
            'random_method', 'random_frozen_dice', 'random_frozen_row', 'segmentation_reference', 'retrieval_reference',
            'classification_reference', 'GroundingReadout', 'box_coverage', 'class_mean_scores', 'grounding_reference',
-           'supervised_reference', 'synth_reference_rows', 'synth_reference_table', 'comparison_table']
+           'reference_path', 'supervised_reference', 'synth_reference_rows', 'synth_reference_table',
+           'comparison_table']
 
 # %% ../../nbs/56_eval.reference.ipynb #9cea4a0a
 REF_COLUMNS = ('protocol', 'dataset', 'metric', 'setting', 'method', 'value', 'reported', 'paper', 'table', 'tag',
@@ -184,10 +185,11 @@ def random_method(profile: str | Profile, seed: int = 0) -> nn.Module:
     return build_method('convirt', profile)
 
 # %% ../../nbs/56_eval.reference.ipynb #87743265
-def random_frozen_dice(task: str, profile: str | Profile = 'quick', seed: int = 0, device: str | torch.device = 'cpu') -> dict:
+def random_frozen_dice(task: str, profile: str | Profile = 'quick', seed: int = 0, device: str | torch.device = 'cpu',
+                       renderer: str = 'cartoon') -> dict:
     "{'dice', 'dice_positive', 'status', 'reason', 'rerun'} of random encoder `seed`, frozen, under `eval_segmentation`'s protocol (100 %, the same re-run rule)."
     d = SEGMENTATION_PROFILES[get_profile(profile).name]
-    encoder, data = random_method(profile, seed).image_encoder, segmentation_datasets(task, profile, seed)
+    encoder, data = random_method(profile, seed).image_encoder, segmentation_datasets(task, profile, seed, renderer=renderer)
 
     def fit(s: int) -> dict:   # s seeds the decoder and the batch order; the random encoder stays the same
         cfg = SegmentationConfig(task, 1.0, freeze_encoder=True, patience=d['patience'], min_epoch_steps=d['min_epoch_steps'], seed=s,
@@ -198,21 +200,22 @@ def random_frozen_dice(task: str, profile: str | Profile = 'quick', seed: int = 
 
 RANDOM_SEEDS = (0, 1, 2)   # random encoders behind the stored random row: one encoder's Dice moves by ±0.1
 
-def random_frozen_row(task: str, profile: str | Profile = 'quick', seeds=RANDOM_SEEDS, device: str | torch.device = 'cpu') -> dict:
+def random_frozen_row(task: str, profile: str | Profile = 'quick', seeds=RANDOM_SEEDS, device: str | torch.device = 'cpu',
+                      renderer: str = 'cartoon') -> dict:
     "{'dice', 'dice_positive'}: the mean of `random_frozen_dice` over `seeds`, healthy fits only (None if none is), as the main job counts."
-    ok = [r for r in (random_frozen_dice(task, profile, s, device) for s in seeds) if r['status'] == 'ok']   # a fit failing twice is left out
+    ok = [r for r in (random_frozen_dice(task, profile, s, device, renderer) for s in seeds) if r['status'] == 'ok']   # a fit failing twice is left out
     return {m: sum(r[m] for r in ok) / len(ok) if ok else None for m in ('dice', 'dice_positive')}
 
 def segmentation_reference(task: str, profile: str | Profile = 'quick', recipe: SupervisedRecipe | None = None,
-                           seed: int = 0, device: str | torch.device = 'cpu', random_seeds=RANDOM_SEEDS) -> dict:
+                           seed: int = 0, device: str | torch.device = 'cpu', random_seeds=RANDOM_SEEDS, renderer: str = 'cartoon') -> dict:
     "{'dice' | 'dice_positive': {'supervised', 'chance_empty', 'chance_whole', 'random_frozen'}}: the bounds of `task` and the random row."
     r = recipe or SupervisedRecipe()
-    train, val, test = (materialise(d) for d in segmentation_datasets(task, profile, seed))
+    train, val, test = (materialise(d) for d in segmentation_datasets(task, profile, seed, renderer=renderer))
     cfg = SegmentationConfig(task, 1.0, freeze_encoder=False, lr=r.seg_lr, batch_size=r.seg_batch_size, seed=seed,
                              decoder_channels=tuple(max(r.decoder_width // 2 ** i, 4) for i in range(5)))
     res, _ = evaluate_segmentation(random_method(profile, seed).image_encoder, train, val, test, cfg, r.seg_epochs, device)
     chance = segmentation_chance(torch.stack([it['mask'] for it in test]))      # [N, 1, S, S]
-    rand = random_frozen_row(task, profile, random_seeds, device)
+    rand = random_frozen_row(task, profile, random_seeds, device, renderer)
     return {m: {'supervised': res[m], **chance[m], 'random_frozen': rand[m]} for m in ('dice', 'dice_positive')}   # rand[m]: None if no fit was healthy
 
 # %% ../../nbs/56_eval.reference.ipynb #c4606fa3
@@ -229,10 +232,10 @@ def retrieval_reference(features: torch.Tensor,  # [N, F] image features of a la
             'chance': relevant.float().mean().item()}                                 # E[Prec@K] = |R_q| / N_c, any K
 
 def classification_reference(profile: str | Profile = 'quick', recipe: SupervisedRecipe | None = None, seed: int = 0,
-                             device: str | torch.device = 'cpu') -> dict:
+                             device: str | torch.device = 'cpu', renderer: str = 'cartoon') -> dict:
     "{'accuracy' | 'auroc' | 'prec@10': {'supervised', 'chance'}} of the fine-tuned encoder on the SynthCXR 5×200 set."
     prof, r, columns = get_profile(profile), recipe or SupervisedRecipe(), [CHEXPERT_LABELS.index(c) for c in CHEXPERT_5]
-    train, val, test = (materialise(SynthClassification(split, prof, seed=0)) for split in ('train', 'valid', 'test'))
+    train, val, test = (materialise(SynthClassification(split, prof, seed=0, renderer=renderer)) for split in ('train', 'valid', 'test'))
     model = ImageClassifier(random_method(prof, seed), len(columns), freeze=False, freeze_bn=False)   # from scratch: BN trains
     fit_classifier(model, train, val, columns, r.cls_epochs, r.cls_epochs, r.cls_lr, batch_size=prof.batch_size, seed=seed, device=device)
     model.eval()
@@ -275,10 +278,10 @@ def class_mean_scores(maps: torch.Tensor, items: list[dict]) -> dict:   # maps [
 
 # %% ../../nbs/56_eval.reference.ipynb #3ddff207
 def grounding_reference(profile: str | Profile = 'quick', recipe: SupervisedRecipe | None = None, seed: int = 0,
-                        device: str | torch.device = 'cpu') -> dict:
+                        device: str | torch.device = 'cpu', renderer: str = 'cartoon') -> dict:
     "{'cnr' | 'miou' | 'peak_in_box': {'supervised', chance}} of the per-category readout on SynthGrounding's test split."
     r = recipe or SupervisedRecipe()
-    train, test = (materialise(grounding_dataset(profile, split=split)) for split in ('train', 'test'))
+    train, test = (materialise(grounding_dataset(profile, split=split, renderer=renderer)) for split in ('train', 'test'))
     net = GroundingReadout(random_method(profile, seed).image_encoder, len(MSCXR_CATEGORIES)).to(device)
     images = torch.stack([it['image'] for it in train])                                              # [N, 1, S, S]
     category = torch.tensor([MSCXR_CATEGORIES.index(it['category']) for it in train])               # [N]
@@ -305,22 +308,26 @@ def grounding_reference(profile: str | Profile = 'quick', recipe: SupervisedReci
             'peak_in_box': {'supervised': sup['peak_in_box'], 'chance': sup['chance']}}
 
 # %% ../../nbs/56_eval.reference.ipynb #d5286a17
-SUPERVISED_REFERENCE_PATH = Path('data_samples') / 'synth_reference.json'   # relative to the repository root
+SUPERVISED_REFERENCE_PATH = Path('data_samples') / 'synth_reference.json'   # relative to the repository root: the cartoon's
+
+def reference_path(renderer: str = 'cartoon') -> Path:
+    "Where the reference of SynthCXR drawn by `renderer` is stored, relative to the repository root."
+    return SUPERVISED_REFERENCE_PATH if renderer == 'cartoon' else SUPERVISED_REFERENCE_PATH.with_name(f'synth_reference_{renderer}.json')
 
 def supervised_reference(profile: str | Profile = 'quick', recipe: SupervisedRecipe | None = None, seed: int = 0,
-                         device: str | torch.device = 'cpu', log=print) -> dict:
-    "Chance and the supervised upper bound of every SynthCXR task: {'<task>_<metric>': {who: value}, 'settings': {...}}."
+                         device: str | torch.device = 'cpu', log=print, renderer: str = 'cartoon') -> dict:
+    "Chance and the supervised upper bound of every SynthCXR task (drawn by `renderer`): {'<task>_<metric>': {who: value}, 'settings': {...}}."
     prof, r, device = get_profile(profile), recipe or SupervisedRecipe(), resolve_device(str(device))
-    runs = {'chexpert5': lambda: classification_reference(prof, r, seed, device),
-            **{task: (lambda task=task: segmentation_reference(task, prof, r, seed, device)) for task in SEG_TASKS},
-            'grounding': lambda: grounding_reference(prof, r, seed, device)}
+    runs = {'chexpert5': lambda: classification_reference(prof, r, seed, device, renderer),
+            **{task: (lambda task=task: segmentation_reference(task, prof, r, seed, device, renderer=renderer)) for task in SEG_TASKS},
+            'grounding': lambda: grounding_reference(prof, r, seed, device, renderer)}
     out, seconds = {}, {}
     for task, run in runs.items():
         t0 = time.time()
         for metric, values in run().items(): out[f'{task}_{metric}'] = {k: None if v is None else round(v, 4) for k, v in values.items()}
         seconds[task] = round(time.time() - t0, 1)
         log(f'{task}: ' + ', '.join(f'{k} {v}' for k, v in out.items() if k.startswith(task + '_')) + f' ({seconds[task]} s)')
-    out['settings'] = dict(profile=prof.name, size=prof.image_size, n_per_split=prof.n_eval, seed=seed, **asdict(r),
+    out['settings'] = dict(profile=prof.name, renderer=renderer, size=prof.image_size, n_per_split=prof.n_eval, seed=seed, **asdict(r),
                            seconds=seconds, note='supervised: the evaluations\' models trained on SynthCXR labels, masks or '
                            'boxes from a random encoder; see nbs/56_eval.reference.ipynb')
     return out
@@ -334,9 +341,9 @@ REFERENCE_METHODS = {'supervised': 'supervised upper bound', 'chance': 'chance',
                      'chance_whole': 'chance (whole image)', 'chance_random': 'chance (random map)',
                      'random_frozen': 'random initialisation (frozen encoder, 100 %)'}
 
-def synth_reference_rows(path: str | Path | None = None) -> list[dict]:
-    "Chance and supervised rows from `data_samples/synth_reference.json` ([] when the file is absent)."
-    path = Path(path) if path is not None else repo_root() / SUPERVISED_REFERENCE_PATH
+def synth_reference_rows(path: str | Path | None = None, renderer: str = 'cartoon') -> list[dict]:
+    "Chance and supervised rows from `path`, by default `renderer`'s stored reference (`reference_path`); [] when the file is absent."
+    path = Path(path) if path is not None else repo_root() / reference_path(renderer)
     if not path.exists(): return []
     data = json.loads(path.read_text())
     st = data.get('settings', {})
@@ -356,9 +363,9 @@ def synth_reference_rows(path: str | Path | None = None) -> list[dict]:
     return out
 
 # %% ../../nbs/56_eval.reference.ipynb #393bb5f3
-def synth_reference_table(path: str | Path | None = None) -> pd.DataFrame:
+def synth_reference_table(path: str | Path | None = None, renderer: str = 'cartoon') -> pd.DataFrame:
     "The stored reference as a table: one row per (task, metric), one column per reference (supervised, chances)."
-    rows = synth_reference_rows(path)
+    rows = synth_reference_rows(path, renderer)
     if not rows: return pd.DataFrame()
     df = pd.DataFrame(rows).pivot_table(index=['dataset', 'metric'], columns='method', values='value', sort=False)
     return df[['supervised upper bound'] + [c for c in df.columns if c != 'supervised upper bound']]
