@@ -286,7 +286,7 @@ def evaluate_claims(claims: Sequence[Claim],
 
 # %% ../../nbs/57_eval.claims.ipynb #0fe46a08
 PAPERS = {'convirt2022': 'ConVIRT (Zhang et al., 2022)', 'gloria2021': 'GLoRIA (Huang et al., 2021)',
-          'elvis2023': 'ELVIS (Seo et al., 2023)', 'biovil2022': 'BioViL (Boecking et al., 2022)'}
+          'elvis2023': 'ELVIS (Seo et al., 2023)', 'biovil2022': 'BioViL (Boecking et al., 2022)', 'lovt2022': 'LoVT (Müller et al., 2022)'}
 SEG_TASKS_CLAIMED = ('pneumonia', 'covid', 'pneumothorax')   # SynthCXR's stand-ins for RSNA, COVID Rural, SIIM
 
 def _claim(source: str, a: str, b: str, label: str, experiment: str, metric: str, description: str, **kw) -> Claim:
@@ -301,6 +301,9 @@ def default_claims() -> list[Claim]:
     few += [_claim('gloria2021', m, 'random', 'pneumothorax Dice, 1 %', 'eval_segmentation', 'table.pneumothorax.frozen.0.01',
                    f'{m} pre-training beats random initialisation in pneumothorax segmentation with 1 % of the labels (Dice; GLoRIA\'s SIIM table).',
                    fraction=0.01, task='pneumothorax') for m in METHOD_NAMES]
+    few += [_claim('lovt2022', m, 'random', 'pneumonia Dice, 1 %', 'eval_segmentation', 'table.pneumonia.frozen.0.01',
+                   f'{m} pre-training beats random initialisation in pneumonia segmentation with 1 % of the labels (Dice; LoVT\'s RSNA table).',
+                   fraction=0.01, task='pneumonia') for m in METHOD_NAMES]
     local = [_claim('biovil2022' if m == 'gloria' else 'elvis2023', m, 'convirt', what, 'eval_grounding', key,
                     f'{m} (a local loss) grounds phrases better than ConVIRT (global only): {what}.', items=f'items.{key}')
              for m in ('gloria', 'elvis') for key, what in (('cnr', 'CNR'), ('peak_in_box', 'peak inside the box'))]
