@@ -15,11 +15,11 @@ from .runner import experiment_path, notebook_parameters, run_experiment
 
 # %% auto #0
 __all__ = ['TASKS', 'RANDOM_INIT', 'TASK_OPTIONS', 'SKIP_KEYS', 'SYNTH_CAVEAT', 'RENDERER_NOTE', 'HEADLINES', 'SIDE_BY_SIDE',
-           'CITATIONS', 'CONFIDENCE', 'SYNTH_STANDS_FOR', 'THREAD_VARIABLES', 'reads_reports', 'Step', 'plan_steps',
-           'step_done', 'run_step', 'next_ready', 'run_steps', 'step_workers', 'flatten_numbers', 'mean_std',
-           'combine_results', 'data_line', 'renderer_note', 'headline_columns', 'results_tables', 'step_figures',
-           'side_by_side', 'report_markdown', 'markdown_to_html', 'markdown_table', 'our_key', 'papers_markdown',
-           'experiment_parameters', 'profile_options', 'plan_claims', 'claim_values', 'judge_claims', 'claims_summary',
+           'CITATIONS', 'CONFIDENCE', 'SYNTH_STANDS_FOR', 'THREAD_VARIABLES', 'experiment_parameters', 'reads_reports',
+           'Step', 'plan_steps', 'step_done', 'run_step', 'next_ready', 'run_steps', 'step_workers', 'flatten_numbers',
+           'mean_std', 'combine_results', 'data_line', 'renderer_note', 'headline_columns', 'results_tables',
+           'step_figures', 'side_by_side', 'report_markdown', 'markdown_to_html', 'markdown_table', 'our_key',
+           'papers_markdown', 'profile_options', 'plan_claims', 'claim_values', 'judge_claims', 'claims_summary',
            'claims_markdown', 'default_jobs', 'kernel_threads', 'claims_figure', 'reproduce']
 
 # %% ../nbs/60_reproduce.ipynb #eff22b29
@@ -37,6 +37,10 @@ TASK_OPTIONS = {  # lighter protocols where a profile's budget needs them; other
     'quick': {'grounding': dict(smooth_sigma=0)},  # no smoothing on the 8-cell grid (see above); segmentation and
               # transfer run their notebooks' quick protocols: 1, 10 and 100 % of the labels, where the papers see the gain
 }
+
+def experiment_parameters(name: str) -> dict:
+    "The literal defaults of experiment `name`'s `parameters` cell, {name: value} (chapter 01's `notebook_parameters`)."
+    return notebook_parameters(experiment_path(name))
 
 def reads_reports(experiment: str) -> bool:
     "Whether `experiment` reads SynthCXR reports: its notebook declares `report_style` (segmentation, say, does not)."
@@ -406,10 +410,6 @@ def papers_markdown(combined: dict | None = None, renderer: str = 'cartoon') -> 
     return '\n'.join(parts)
 
 # %% ../nbs/60_reproduce.ipynb #e1e4c76e
-def experiment_parameters(name: str) -> dict:
-    "The literal defaults of experiment `name`'s `parameters` cell, {name: value} (chapter 01's `notebook_parameters`)."
-    return notebook_parameters(experiment_path(name))
-
 def _listed(params: dict, key: str, cast) -> dict[str, list]:
     "{experiment: values} of parameter `key` (a list, or a comma-separated string; empty: the profile's, not checked)."
     return {e: [cast(x) for x in (p[key].split(',') if isinstance(p[key], str) else p[key])] for e, p in params.items()
