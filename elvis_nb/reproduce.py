@@ -444,13 +444,13 @@ def plan_claims(steps: list[Step], claims=None) -> tuple[list, dict[str, str]]:
 
 # %% ../nbs/60_reproduce.ipynb #40f3e251
 def claim_values(results: dict[str, dict]) -> dict:
-    "{(method, experiment): {seed: {key: value}}} of step results: flattened numbers (a failed fit NaN) and per-item lists."
-    from elvis_nb.eval.claims import item_lists
+    "{(method, experiment): {seed: {key: value}}} of step results: flattened numbers (a failed fit None, so named) and per-item arrays."
+    from elvis_nb.eval.claims import flatten_results
     out: dict = {}
     for key, res in results.items():
         if m := re.fullmatch(r'seed(\d+)/([^/]+)/([^/]+)', key):
             seed, method, experiment = m.groups()
-            out.setdefault((method, experiment), {})[int(seed)] = {**flatten_numbers(res), **item_lists(res)}
+            out.setdefault((method, experiment), {})[int(seed)] = flatten_results(res, skip=SKIP_KEYS)
     return out
 
 def judge_claims(claims: list, results: dict[str, dict], skipped: dict[str, str]) -> tuple[list, dict[str, str]]:

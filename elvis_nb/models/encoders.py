@@ -21,11 +21,11 @@ from ..losses.ops import mask_fill, masked_softmax
 
 # %% auto #0
 __all__ = ['log', 'RESNET_PRESETS', 'RESNET50_HUB', 'SPECIAL_TOKENS', 'TOKENIZER_CORPUS', 'TEXT_WHEELS', 'CLINICALBERT_STANDIN',
-           'BERT_PRESETS', 'TEXT_LEVELS', 'TEXT_POOLINGS', 'local_model_dir', 'resolve_local', 'pretrained_weights',
-           'check_preset_shape', 'resnet_backbone', 'normalise_images', 'ImageFeatures', 'ImageEncoder',
-           'wordpiece_vocab', 'wordpiece_tokenizer', 'build_synthcxr_tokenizer', 'synthcxr_tokenizer_dir',
-           'wheel_model_dir', 'bert_backbone', 'text_encoder_or_standin', 'token_tables', 'group_index', 'aggregate',
-           'AttentionPool', 'TextFeatures', 'TextEncoder']
+           'BERT_PRESETS', 'TEXT_LEVELS', 'TEXT_POOLINGS', 'local_model_dir', 'resolve_local', 'no_load_report',
+           'pretrained_weights', 'check_preset_shape', 'resnet_backbone', 'normalise_images', 'ImageFeatures',
+           'ImageEncoder', 'wordpiece_vocab', 'wordpiece_tokenizer', 'build_synthcxr_tokenizer',
+           'synthcxr_tokenizer_dir', 'wheel_model_dir', 'bert_backbone', 'text_encoder_or_standin', 'token_tables',
+           'group_index', 'aggregate', 'AttentionPool', 'TextFeatures', 'TextEncoder']
 
 # %% ../../nbs/30_models.encoders.ipynb #37b4f947
 log = logging.getLogger(__name__)
@@ -49,6 +49,10 @@ RESNET_PRESETS: dict[str, dict] = {
 }
 RESNET50_HUB = 'microsoft/resnet-50'  # the ImageNet ResNet-50 on the Hugging Face hub
 
+def no_load_report(record: logging.LogRecord) -> bool:
+    "A logging filter: False for transformers' LOAD REPORT (its unused-key table), True for every other record."
+    return 'LOAD REPORT' not in record.getMessage()
+
 def pretrained_weights(model_cls, folder: Path, what: str, **kw) -> nn.Module:
     "`model_cls.from_pretrained(folder)` from safetensors only (never unpickled), its weights checked finite; errors name the folder."
     if folder.is_dir() and not any(folder.glob('*.safetensors')):
@@ -57,8 +61,11 @@ def pretrained_weights(model_cls, folder: Path, what: str, **kw) -> nn.Module:
             f", only {pickled}: elvis_nb loads weights only from safetensors (a pickle can run code); convert them once "
             "where you trust the file (`model.save_pretrained(folder, safe_serialization=True)`)" if pickled else
             "; expected model.safetensors and config.json"))
+    hf_log = logging.getLogger('transformers.modeling_utils')   # its LOAD REPORT lists unused keys (a pooler): noise here,
+    hf_log.addFilter(no_load_report)                              # since missing and mis-shaped keys raise below
     try: model, info = model_cls.from_pretrained(folder, use_safetensors=True, output_loading_info=True, **kw)
     except Exception as e: raise CheckpointError(f"{what} {folder}: cannot load its weights ({type(e).__name__}: {e})") from e
+    finally: hf_log.removeFilter(no_load_report)
     if info['missing_keys'] or info['mismatched_keys']:   # never train from a silently re-initialised tensor
         raise CheckpointError(f"{what} {folder}: its *.safetensors do not fit the network its config.json describes: "
                               f"missing {sorted(info['missing_keys'])[:5]}, wrong shape {sorted(info['mismatched_keys'])[:5]}")
