@@ -57,7 +57,7 @@ AXES = {a.name: a for a in (
     Axis('init', (), ('random', 'warm'), 'random', 'elvis_nb.models.warm (chapter 33): encoders pre-trained without reports'),
 )}
 GRIDS = {  # named grids, {axis: values}; a value equal to the axis's default is the `elvis` row, not a variant
-    'default': {n: a.values for n, a in AXES.items() if n != 'target_momentum'},   # every axis the issue names (EMA at its default momentum)
+    'default': {n: a.values for n, a in AXES.items() if n != 'target_momentum'},   # every axis (the EMA at its default momentum)
     'small': {'tau_tgt': (0.1, 1.0), 'target': ('intra_modal', 'onehot')},        # fits 20 minutes at quick on 2 cores (below)
 }
 
