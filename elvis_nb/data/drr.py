@@ -476,7 +476,7 @@ def sample_drr(r: DrrRenderer, seed: int, kinds: Sequence[str] = ()) -> DrrStudy
     return render_drr(r, pose, [d[0] for d in drawn], [d[1] for d in drawn], seed)
 
 # %% ../../nbs/14_data.drr.ipynb #949c2d8f
-DRR_VERSION = 3   # bump whenever CT-rendered pixels change: SynthCXR caches them under ct-v<DRR_VERSION>/ (2: SEG_POSITIVE_QUARTERS; 3: SEG_DENSITY)
+DRR_VERSION = 4   # bump whenever CT-rendered pixels change: SynthCXR caches them under ct-v<DRR_VERSION>/ (2: SEG_POSITIVE_QUARTERS; 3, 4: SEG_DENSITY)
 
 def study_pose(p: dict, size: int, fov: float) -> DrrPose:
     "The DRR pose of a SynthCXR patient `p` on a `fov`-mm film: its placement and exposure draws mapped to the CT's ranges (yaw from its rib phase)."
