@@ -74,9 +74,9 @@ def plan_steps(profile: str = 'quick', methods=METHOD_NAMES, tasks=tuple(TASKS),
     bad = [t for t in tasks if t not in TASKS]
     if bad: raise ValueError(f"unknown task(s) {bad}: choose from {list(TASKS)}")
     get_profile(profile)
-    from elvis_nb.data.synth import RENDERERS, REPORT_STYLES   # here, not at the top: the data layer imports torch
+    from elvis_nb.data.synth import RENDERERS, check_report_style   # here, not at the top: the data layer imports torch
     if renderer not in RENDERERS: raise ValueError(f"unknown renderer {renderer!r}: choose one of {RENDERERS}")
-    if report_style not in REPORT_STYLES: raise ValueError(f"unknown report_style {report_style!r}: choose one of {REPORT_STYLES}")
+    check_report_style(report_style)
     common = dict(profile=profile, data_root=data_root, device=device, renderer=renderer)   # in every step's fingerprint
     reports = lambda exp: {'report_style': report_style} if report_style != 'template' and reads_reports(exp) else {}   # the
     # default adds no parameter, so the steps (and their fingerprints) of a template run stay as they were

@@ -25,11 +25,11 @@ from .checkpoint import save_checkpoint, load_checkpoint
 from .losses.ops import cosine_matrix
 
 # %% auto #0
-__all__ = ['GLORIA_AUGMENT', 'PRESETS', 'preset_for', 'TrainConfig', 'resolve_config', 'preflight', 'pretrain_datasets',
-           'heldout_dataset', 'epoch_indices', 'build_optimizer', 'build_scheduler', 'MetricsLog', 'NonFiniteLossError',
-           'check_finite', 'prepare_batch', 'forward_loss', 'validation_loss', 'pair_similarity', 'TrainResult', 'Run',
-           'place_method', 'setup_run', 'resume_run', 'StepMeter', 'epoch_batches', 'micro_step', 'optimisation_step',
-           'validate', 'finish_run', 'train', 'card_facts', 'config_from_args', 'main']
+__all__ = ['GLORIA_AUGMENT', 'PRESETS', 'preset_for', 'TrainConfig', 'resolve_config', 'preflight', 'synth_options',
+           'pretrain_datasets', 'heldout_dataset', 'epoch_indices', 'build_optimizer', 'build_scheduler', 'MetricsLog',
+           'NonFiniteLossError', 'check_finite', 'prepare_batch', 'forward_loss', 'validation_loss', 'pair_similarity',
+           'TrainResult', 'Run', 'place_method', 'setup_run', 'resume_run', 'StepMeter', 'epoch_batches', 'micro_step',
+           'optimisation_step', 'validate', 'finish_run', 'train', 'card_facts', 'config_from_args', 'main']
 
 # %% ../nbs/40_train.ipynb #37f6ba27
 GLORIA_AUGMENT = AugmentConfig(crop_scale=((224 / 256) ** 2,) * 2, crop_ratio=(1, 1), rotate_deg=0, translate=0,
@@ -122,6 +122,10 @@ def preflight(cfg: TrainConfig) -> None:
         raise PermissionError(f"cannot write to the output folder {str(out)!r} ({e.strerror or e}); choose another out_dir") from None
 
 # %% ../nbs/40_train.ipynb #c6ef8052
+def synth_options(cfg: TrainConfig) -> dict:
+    "The SynthCXR dataset options `cfg` sets: render cache, renderer, report style."
+    return dict(cache=cfg.synth_cache, renderer=cfg.renderer, report_style=cfg.report_style)
+
 def pretrain_datasets(cfg: TrainConfig, profile: Profile) -> tuple[Dataset, Dataset]:
     "Training and validation pairs: SynthCXR when `cfg.data_root` is '', else the real pre-training set."
     if cfg.data_root:
@@ -129,8 +133,8 @@ def pretrain_datasets(cfg: TrainConfig, profile: Profile) -> tuple[Dataset, Data
         return (load_task_dataset('pretrain', 'train', profile, cfg.data_root, seed=cfg.seed),
                 load_task_dataset('pretrain', 'val', profile, cfg.data_root, seed=cfg.seed))
     from elvis_nb.data.synth import SynthPretrain
-    data = dict(cache=cfg.synth_cache, renderer=cfg.renderer, report_style=cfg.report_style)
-    return SynthPretrain('train', profile, cfg.seed, **data), SynthPretrain('val', profile, cfg.seed, n=cfg.n_val, **data)
+    return (SynthPretrain('train', profile, cfg.seed, **synth_options(cfg)),
+            SynthPretrain('val', profile, cfg.seed, n=cfg.n_val, **synth_options(cfg)))
 
 def heldout_dataset(cfg: TrainConfig, profile: Profile) -> Dataset:
     "Held-out pairs, used neither for training nor validation: SynthCXR's test split, or the real set's."
@@ -138,7 +142,7 @@ def heldout_dataset(cfg: TrainConfig, profile: Profile) -> Dataset:
         from elvis_nb.data.real import load_task_dataset
         return load_task_dataset('pretrain', 'test', profile, cfg.data_root, seed=cfg.seed)
     from elvis_nb.data.synth import SynthPretrain
-    return SynthPretrain('test', profile, cfg.seed, n=profile.n_eval, cache=cfg.synth_cache, renderer=cfg.renderer, report_style=cfg.report_style)
+    return SynthPretrain('test', profile, cfg.seed, n=profile.n_eval, **synth_options(cfg))
 
 def epoch_indices(n: int, epoch: int, seed: int, shuffle: bool = True) -> list[int]:
     "This rank's sample indices for `epoch`: a permutation seeded by (seed, epoch), split over ranks, equal lengths."

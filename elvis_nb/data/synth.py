@@ -20,10 +20,10 @@ __all__ = ['ZONES', 'KINDS', 'KIND_LABEL', 'MM_PER_UNIT', 'GROUND_GLASS_FIELD', 
            'SEG_TASKS', 'SEG_POSITIVE_QUARTERS', 'SEG_DENSITY', 'PRETRAIN_PRIOR', 'DISTRACTORS', 'TASKS',
            'REPORT_STYLES', 'RENDER_VERSION', 'RENDERERS', 'MIMIC_SPLIT', 'MSCXR_SPLIT', 'study_rng', 'sample_patient',
            'lung_point', 'Geometry', 'geometry', 'zone_region', 'Finding', 'sample_finding', 'part_shape', 'mask_box',
-           'render', 'Sentence', 'write_report', 'aggregate_labels', 'Study', 'report_writer', 'make_study',
-           'report_corpus', 'resolve_renderer', 'render_with', 'render_tag', 'SynthDataset', 'SynthPretrain',
-           'SynthClassification', 'SynthSegmentation', 'SynthGrounding', 'mimic_report', 'export_layouts', 'plot_study',
-           'plot_gallery', 'toy_region_features']
+           'render', 'Sentence', 'write_report', 'aggregate_labels', 'Study', 'check_report_style', 'report_writer',
+           'make_study', 'report_corpus', 'resolve_renderer', 'render_with', 'render_tag', 'SynthDataset',
+           'SynthPretrain', 'SynthClassification', 'SynthSegmentation', 'SynthGrounding', 'mimic_report',
+           'export_layouts', 'plot_study', 'plot_gallery', 'toy_region_features']
 
 # %% ../../nbs/10_data.synth.ipynb #6bc6b722
 def study_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
@@ -532,9 +532,14 @@ class Study:
 
 REPORT_STYLES = ('template', 'indiana')   # write_report above; the Indiana reports' phrasing (chapter 15, `data.reports`)
 
+def check_report_style(style: str) -> str:
+    "`style` if it is one of REPORT_STYLES, else a ValueError naming the choices."
+    if style not in REPORT_STYLES: raise ValueError(f"unknown report_style {style!r}: choose one of {REPORT_STYLES}")
+    return style
+
 def report_writer(style: str = 'template'):
     "`(findings, rng) -> (sentences, phrases)` of report style `style` (one of REPORT_STYLES)."
-    if style not in REPORT_STYLES: raise ValueError(f"unknown report_style {style!r}: choose one of {REPORT_STYLES}")
+    check_report_style(style)
     if style == 'template': return write_report
     from elvis_nb.data.reports import indiana_writer      # imported here: data.reports builds on this module
     return indiana_writer()                               # the templates, after one warning, without the material
@@ -595,9 +600,8 @@ class SynthDataset(torch.utils.data.Dataset):
     def __init__(self, split: str = 'train', profile: str | Profile = 'quick', seed: int = 0, n: int | None = None,
                  size: int | None = None, cache: bool | str | Path = False, renderer: str = 'cartoon',
                  report_style: str = 'template'):   # one of REPORT_STYLES (`report_writer`)
-        if report_style not in REPORT_STYLES: raise ValueError(f"unknown report_style {report_style!r}: choose one of {REPORT_STYLES}")
         self.profile, self.split, self.seed, self.renderer = get_profile(profile), split, seed, resolve_renderer(renderer)
-        self.report_style = report_style
+        self.report_style = check_report_style(report_style)
         self.size = size or self.profile.image_size
         self.n = n if n is not None else (self.profile.n_pretrain if (self.task, split) == ('pretrain', 'train') else self.profile.n_eval)
         self.cache = (cache_dir() / 'synth' if cache is True else Path(cache)) if cache else None

@@ -15,7 +15,7 @@ from ..core import METHOD_NAMES
 
 # %% auto #0
 __all__ = ['DIRECTIONS', 'VERDICTS', 'PAPERS', 'SEG_TASKS_CLAIMED', 'CLAIMS', 'VERDICT_COLOURS', 'Claim', 'flatten_results',
-           'item_lists', 'paired_differences', 't_interval', 'small_sample_factor', 'hierarchical_bootstrap', 'verdict',
+           'paired_differences', 't_interval', 'small_sample_factor', 'hierarchical_bootstrap', 'verdict',
            'seeds_needed', 'resolve_sentence', 'metric_pattern', 'resolve_metric', 'validate_claims', 'ClaimResult',
            'evaluate_claim', 'evaluate_claims', 'default_claims', 'applicable_claims', 'claims_table', 'plot_claims']
 
@@ -57,11 +57,6 @@ def flatten_results(d: Mapping, prefix: str = '', skip: Iterable[str] = ()) -> d
         elif isinstance(v, (list, tuple)) and v and all(x is None or _is_number(x) for x in v):
             out[key] = np.array([np.nan if x is None else x for x in v], dtype=float)
     return out
-
-# %% ../../nbs/57_eval.claims.ipynb #a003ff83
-def item_lists(results: Mapping) -> dict[str, np.ndarray]:
-    "The per-item arrays of one results.json, {'items.<metric>': float array} (None → NaN); {} if it has none."
-    return {k: v for k, v in flatten_results(results.get('items') or {}, 'items.').items() if isinstance(v, np.ndarray)}
 
 # %% ../../nbs/57_eval.claims.ipynb #57346865
 def _why_not_finite(v) -> str | None:
