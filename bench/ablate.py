@@ -5,10 +5,19 @@ Usage: `python bench/ablate.py [--profile quick] [--grid small|default | --axes 
 folder where `elvis-nb reproduce` ran already, and ELVIS's and GLoRIA's steps are reused (the file says so). Writes
 bench/results/ablation_<profile>.json: the seeds, the total, the grid, every variant's effect on every metric against
 the default ELVIS and against GLoRIA with its 95 % interval and whether it changes beyond the seed noise, the answer
-per axis, the seconds of every step, and the machine (with its load, since a shared machine inflates every number).
+per axis, the seconds of every step, which steps an earlier run had done (their seconds are not in the total), and the
+machine (with its load, since a shared machine inflates every number).
 """
 import argparse, json, os, platform, tempfile, time
 from pathlib import Path
+
+
+def step_accounting(run: Path, steps: dict, t0: float) -> dict:
+    "How the grid's step seconds split between this run and steps an earlier run into `run` had finished (step.json older than t0)."
+    earlier = sorted(k for k in steps if (run / k / 'step.json').stat().st_mtime < t0)
+    seconds = lambda keys: round(sum(steps[k].get('wall_seconds') or 0 for k in keys), 1)
+    return {'steps_done_earlier': earlier, 'earlier_step_seconds': seconds(earlier),
+            'serial_step_seconds': seconds(steps), 'n_steps': len(steps)}
 
 
 def main(profile: str = 'quick', grid_name: str = 'small', axes=None, seeds=(0, 1, 2), jobs: int | None = None,
@@ -23,6 +32,7 @@ def main(profile: str = 'quick', grid_name: str = 'small', axes=None, seeds=(0, 
         t0 = time.time()
         res = ablate(run, profile=profile, grid=grid, seeds=seeds, jobs=jobs, tasks=tasks, renderer=renderer, report_style=report_style)
         total = time.time() - t0
+        accounting = step_accounting(run, res['steps'], t0)
     effects: dict = {}
     for e in res['effects']:
         effects.setdefault(e['row'], {}).setdefault(e['versus'], {})[e['metric']] = {
@@ -31,7 +41,7 @@ def main(profile: str = 'quick', grid_name: str = 'small', axes=None, seeds=(0, 
             'target_seconds': 20 * 60 if profile == 'quick' and grid_name == 'small' and not axes else None,
             'grid_name': None if axes else grid_name, 'grid': res['meta']['grid'], 'tasks': list(tasks),
             'n_variants': res['meta']['n_variants'], 'skipped_axes': res['skipped_axes'],
-            'comparators_reused': reused, 'changes_beyond_seed_noise': res['changes'], 'effects': effects,
+            'comparators_reused': reused, **accounting, 'changes_beyond_seed_noise': res['changes'], 'effects': effects,
             'step_seconds': {k: r.get('wall_seconds') for k, r in res['steps'].items()},
             'python': platform.python_version(), 'cpu_count': os.cpu_count(), 'load_average_1min_before': load_before,
             'load_average_1min_after': os.getloadavg()[0], 'contended': load_before > 0.5}

@@ -20,8 +20,8 @@ from .runner import run_experiment
 __all__ = ['AXES', 'GRIDS', 'WARM_KEYS', 'ABLATION_TASKS', 'COMPARATORS', 'CHANGES', 'CHANGE_COLOURS', 'TARGET_COLUMNS', 'MARKS',
            'Axis', 'variant_row', 'parse_axes', 'init_options', 'variant_options', 'Variant', 'plan_variants',
            'ablation_fraction', 'ablation_steps', 'ablation_metrics', 'ablation_claims', 'change', 'effect_rows',
-           'axis_changes', 'axis_summary', 'plot_axis', 'target_dynamics', 'plot_target_dynamics', 'effects_table',
-           'axes_table', 'ablation_markdown', 'ablate', 'grid_variants', 'grid_seconds']
+           'axis_changes', 'axis_summary', 'flag_count', 'plot_axis', 'target_dynamics', 'plot_target_dynamics',
+           'effects_table', 'axes_table', 'ablation_markdown', 'ablate', 'grid_variants', 'grid_seconds']
 
 # %% ../nbs/61_ablate.ipynb #0d0a7223
 @dataclass(frozen=True)
@@ -209,6 +209,17 @@ def axis_summary(effects: list[dict], grid: dict[str, tuple], skipped: dict[str,
                      f"{beats['lower']} of {len(vs_gloria)} comparisons.")
     return lines
 
+def flag_count(effects: list[dict]) -> list[str]:
+    "One sentence per comparator: how many of its intervals exclude 0, against how many would by chance alone (1 in 20)."
+    lines = []
+    for versus in COMPARATORS:
+        mine = [e for e in effects if e['versus'] == versus and e['change'] != 'no interval']
+        if not mine: continue
+        flagged = sum(e['change'] in ('higher', 'lower') for e in mine)
+        lines.append(f"Against {'the default ELVIS' if versus == 'elvis' else 'GLoRIA'}, {flagged} of {len(mine)} intervals exclude 0; "
+                     f"if no choice mattered at all, about {len(mine) / 20:.1f} would.")
+    return lines
+
 # %% ../nbs/61_ablate.ipynb #13abff33
 CHANGE_COLOURS = {'higher': 'tab:green', 'lower': 'tab:red', 'within seed noise': 'tab:gray', 'no interval': 'tab:gray'}
 
@@ -263,11 +274,15 @@ def plot_target_dynamics(df: 'pd.DataFrame'):
     import matplotlib.pyplot as plt
     from elvis_nb.viz import TITLE_SIZE
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    variants = [r for r in dict.fromkeys(df['row']) if r != 'elvis']
+    palette = plt.get_cmap('tab20')                      # 20 distinct colours (the default grid has 15 variants), dashed beyond
+    style = {'elvis': dict(color='k', lw=2.2), **{row: dict(color=palette(i % 20), lw=1.1, ls='-' if i < 20 else '--')
+                                                  for i, row in enumerate(variants)}}
     for ax, col in zip(axes.T.flat, TARGET_COLUMNS):
         for row, g in df.groupby('row', sort=False):
             m = g.groupby('step')[col].mean() if col in g else None
             if m is None or m.isna().all(): continue
-            ax.plot(m.index, m.values, **(dict(color='k', lw=2.2) if row == 'elvis' else dict(lw=1)), label=row)
+            ax.plot(m.index, m.values, **style[row], label=row)
         ax.set_title(col.replace('_', ' '), fontsize=TITLE_SIZE)
         if 'diag' in col: ax.set_ylim(0, 1.02)
     for ax in axes[1]: ax.set_xlabel('step')
@@ -301,7 +316,7 @@ def ablation_markdown(meta: dict, effects: list[dict], skipped_axes: dict[str, s
              f"Profile `{meta['profile']}` · data: {data_line(meta)} · seeds {seeds} · "
              f"{meta['n_variants']} variants over {len(grid)} axes · evaluations {', '.join(meta['tasks'])} (segmentation at "
              f"{meta['fraction']:.0%} of the labels) · device {meta.get('device')} · elvis_nb {meta.get('version')}", '',
-             '## Summary', '', *axis_summary(effects, grid, skipped_axes, len(seeds)), '',
+             '## Summary', '', *axis_summary(effects, grid, skipped_axes, len(seeds)), '', ' '.join(flag_count(effects)), '',
              'Each effect is a variant minus the default ELVIS (or GLoRIA), paired by seed, with a two-sided 95 % interval: '
              'a paired t-interval over seeds, and for CNR a hierarchical bootstrap over seeds and phrases (chapter 57). '
              '"Beyond the seed noise" means the interval excludes 0. The comparisons are not corrected for their number: '

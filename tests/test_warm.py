@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from elvis_nb.checkpoint import CheckpointError
 from elvis_nb.core import WheelUnavailable, cache_dir
-from elvis_nb.models.encoders import TEXT_WHEELS, TextEncoder, bert_backbone, resnet_backbone, wheel_model_dir
+from elvis_nb.models.encoders import TEXT_WHEELS, TextEncoder, bert_backbone, resnet_backbone, resolve_local, wheel_model_dir
 from elvis_nb.models.warm import WARM_DIR, WARM_IMAGE, file_sha256, warm_image_dir, warm_start_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,8 @@ def test_contract():
         c = warm_start_config(profile)
         assert set(c) <= {'method_options', 'profile_overrides'}
         assert c['profile_overrides'] == {'text_encoder': 'minilm'}
-        assert Path(c['method_options']['image_weights']) == warm_image_dir(profile)
+        assert not Path(c['method_options']['image_weights']).is_absolute()   # a step's fingerprint must not depend on the checkout's place
+        assert resolve_local(c['method_options']['image_weights']).resolve() == warm_image_dir(profile).resolve()
     with pytest.raises(ValueError, match="no warm encoders for profile 'paper'"):
         warm_start_config('paper')
 
@@ -86,5 +87,5 @@ def test_smoke_step_from_warm_encoders(minilm, tmp_path):
     r = train(TrainConfig(method='elvis', profile='smoke', out_dir=str(tmp_path), max_steps=1, val_at_start=False,
                           progress=False, synth_cache=False, **warm_start_config('smoke')))
     assert r.steps == 1 and r.method.text_encoder.dim == 384
-    assert r.config['method_options']['image_weights'] == str(warm_image_dir('smoke'))
+    assert r.config['method_options']['image_weights'] == 'data_samples/warm/image-tiny'
     assert all(torch.isfinite(torch.tensor(v)) for row in r.history for k, v in row.items() if k == 'loss')

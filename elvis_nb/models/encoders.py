@@ -36,8 +36,8 @@ def local_model_dir(name: str) -> Path:
     return cache_dir() / 'hf' / name.rstrip('/').split('/')[-1]
 
 def resolve_local(name: str) -> Path | None:
-    "`name` as a folder or file on disk, else its `local_model_dir` when that exists, else None."
-    for p in (Path(name).expanduser(), local_model_dir(name)):
+    "`name` as a folder or file on disk, else under the kit's root (`repo_root`), else its `local_model_dir`; None if none exists."
+    for p in (Path(name).expanduser(), repo_root() / name, local_model_dir(name)):   # a kit-relative name reads the same from any folder
         if p.exists(): return p
     return None
 

@@ -144,7 +144,8 @@ def warm_image_dir(profile: str, root: Path | None = None) -> Path:
 
 def warm_start_config(profile: str) -> dict:
     "`TrainConfig` overrides that start `profile` from warm encoders: {'method_options': …, 'profile_overrides': …}."
-    return {'method_options': {'image_weights': str(warm_image_dir(profile))}, 'profile_overrides': {'text_encoder': WARM_TEXT}}
+    warm_image_dir(profile)   # checks the shipped weights; the path stays relative to the kit, so a step's fingerprint does not depend on where it lives
+    return {'method_options': {'image_weights': str(WARM_DIR / WARM_IMAGE[profile]['folder'])}, 'profile_overrides': {'text_encoder': WARM_TEXT}}
 
 # %% ../../nbs/33_models.warm.ipynb #w33c018
 def main(argv: list[str] | None = None) -> int:
